@@ -1,0 +1,183 @@
+"""Step 7: the ``dagster-bento`` command line.
+
+``inspect NOTEBOOK`` shows what a notebook declares; ``check [PROJECT_DIR]`` lists every static problem
+(exit 1 when there is an error); ``graph`` prints the asset graph; ``seed-example`` loads the TPC-H
+sample into a warehouse. ``--json`` output is a stable contract (see README).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dagster_bento.notebook import parse_notebook
+from dagster_bento.project import load_project, project_settings, resolve_job
+from dagster_bento.spec import ScheduleEntry, load_schedule_spec, spec_path_for
+
+
+def _project_dir_of(notebook: Path) -> Path:
+    for parent in notebook.resolve().parents:
+        if (parent / "notebooks").is_dir() and ((parent / "purpose_zones.yaml").exists()
+                                                 or (parent / "bento.yaml").exists()):
+            return parent
+    return notebook.resolve().parent.parent
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    path = Path(args.notebook)
+    project_dir = _project_dir_of(path)
+    display = path.resolve().relative_to(project_dir).as_posix() if path.resolve().is_relative_to(
+        project_dir) else str(path)
+    parsed = parse_notebook(path, display)
+    problems = list(parsed.problems)
+    _config, _policy, default_schema, dialect, _problems = project_settings(project_dir)
+    spec_file = spec_path_for(path)
+    spec, spec_problems = (load_schedule_spec(spec_file, spec_file.name, display) if spec_file.exists()
+                           else (None, []))
+    problems += spec_problems
+    entries = list(spec.schedules) if spec else [ScheduleEntry("(defaults)", {})]
+    schedules = []
+    for entry in entries:
+        job_spec = spec or _draft_spec(display)
+        job, job_problems = resolve_job(parsed, job_spec, entry, default_schema=default_schema, dialect=dialect)
+        problems += job_problems
+        if job is None:
+            continue
+        schedules.append({
+            "name": entry.name, "parameters": dict(job.parameters), "cron": entry.cron,
+            "trigger": entry.trigger, "code_version": job.code_version,
+            "sql_cells": [{"cell": c.index, "output": c.output, "sql": c.sql, "tables_read": list(c.tables),
+                           "column_lineage": {k: [f"{t}.{col}" for t, col in v] for k, v in c.column_lineage.items()}}
+                          for c in job.sql_cells],
+            "write_cells": [{"cell": w.index, "input": w.input, "table": w.table, "mode": w.mode}
+                            for w in job.write_cells],
+        })
+    report = {
+        "notebook": display, "sha256": parsed.sha256, "draft": spec is None,
+        "parameters": parsed.parameters, "parameters_cell": parsed.parameters_cell,
+        "cells": [{"cell": c.index, "kind": "sql", "output": c.output, "sql_template": c.sql}
+                  for c in parsed.sql_cells]
+        + [{"cell": c.index, "kind": "write", "input": c.input, "table_template": c.table, "mode": c.mode}
+           for c in parsed.write_cells]
+        + [{"cell": c.index, "kind": "parameters" if c.is_parameters else "code"} for c in parsed.code_cells],
+        "owners": list(spec.owners) if spec else [], "zone": spec.zone if spec else None,
+        "schedules": schedules,
+        "problems": [p.to_dict() for p in sorted(set(problems))],
+    }
+    report["cells"].sort(key=lambda c: c["cell"])
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        _print_inspect(report)
+    return 1 if any(p["severity"] == "error" for p in report["problems"]) else 0
+
+
+def _draft_spec(display: str) -> Any:
+    from dagster_bento.spec import ScheduleSpec
+
+    return ScheduleSpec(path="(draft)", sha256="", owners=(), zone="", schedules=())
+
+
+def _print_inspect(report: dict[str, Any]) -> None:
+    print(f"{report['notebook']}  ({'draft' if report['draft'] else 'zone ' + str(report['zone'])})")
+    if report["parameters"]:
+        print(f"  parameters (cell {report['parameters_cell']}): {report['parameters']}")
+    for cell in report["cells"]:
+        if cell["kind"] == "sql":
+            print(f"  [cell {cell['cell']}] SQL -> {cell['output']}")
+        elif cell["kind"] == "write":
+            print(f"  [cell {cell['cell']}] WRITE {cell['input']} -> {cell['table_template']} ({cell['mode']})")
+        else:
+            print(f"  [cell {cell['cell']}] {cell['kind']}")
+    for sched in report["schedules"]:
+        print(f"  schedule {sched['name']} parameters={sched['parameters']} "
+              f"{'cron ' + sched['cron'] if sched['cron'] else sched['trigger'] or 'manual'}")
+        for c in sched["sql_cells"]:
+            print(f"    cell {c['cell']} reads {', '.join(c['tables_read'])}")
+            print("      " + c["sql"].replace("\n", "\n      "))
+        for w in sched["write_cells"]:
+            print(f"    cell {w['cell']} writes {w['table']} ({w['mode']})")
+    for p in report["problems"]:
+        print(f"  {p['severity'].upper()} {p['code']} cell {p['cell']}: {p['message']}")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    project = load_project(Path(args.project_dir), use_cache=not args.no_cache)
+    errors = project.errors
+    if args.json:
+        print(json.dumps({
+            "project_dir": str(project.project_dir),
+            "ok": not errors,
+            "notebooks": len(project.notebooks), "schedules": len(project.jobs), "drafts": list(project.drafts),
+            "problems": [p.to_dict() for p in project.problems],
+        }, indent=2))
+    else:
+        for p in project.problems:
+            print(f"{p.severity.upper():7} {p}")
+        print(f"{len(project.notebooks)} notebooks, {len(project.jobs)} schedules, {len(project.drafts)} drafts: "
+              f"{len(errors)} error(s), {len(project.problems) - len(errors)} warning(s)")
+    return 1 if errors else 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from dagster_bento.assets import build_bento_definitions
+
+    defs = build_bento_definitions(project_dir=args.project_dir)
+    graph = defs.resolve_asset_graph()
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        kind = "source" if not node.is_materializable else f"notebook {node.metadata.get('dagster_bento/notebook')}"
+        parents = ", ".join(sorted(p.to_user_string() for p in node.parent_keys)) or "-"
+        zone = node.metadata.get("dagster_bento/purpose_zones")
+        label = zone.data.get("label") if zone is not None else None
+        print(f"{key.to_user_string():45} {kind:45} zones={label} <- {parents}")
+    for sched in defs.schedules or []:
+        print(f"schedule {sched.name}: {sched.cron_schedule} ({sched.execution_timezone})")
+    for sensor in defs.sensors or []:
+        print(f"sensor {sensor.name}")
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from dagster_bento.example import seed_example
+
+    counts = seed_example(project_dir=Path(args.project_dir), warehouse_url=args.warehouse_url)
+    for table, n in counts.items():
+        print(f"{table}: {n} rows")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dagster-bento", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="show a notebook's cells, rendered SQL, tables read and outputs")
+    p.add_argument("notebook")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("check", help="list every static problem in the project (exit 1 on any error)")
+    p.add_argument("project_dir", nargs="?", default=".")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-cache", action="store_true", help="re-parse every notebook")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("graph", help="print the asset graph the factory builds")
+    p.add_argument("project_dir", nargs="?", default=".")
+    p.set_defaults(func=cmd_graph)
+    p = sub.add_parser("seed-example", help="load the TPC-H sample into the example warehouse")
+    p.add_argument("project_dir", nargs="?", default=".")
+    p.add_argument("--warehouse-url", default=None)
+    p.set_defaults(func=cmd_seed)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as err:  # the CLI never shows a bare traceback for user errors  # noqa: BLE001
+        from dagster_bento.errors import DagsterBentoError
+
+        if isinstance(err, DagsterBentoError):
+            print(str(err), file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

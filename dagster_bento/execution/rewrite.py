@@ -1,0 +1,137 @@
+"""Step 5b: rewrite a notebook for a run. Pure and idempotent (golden-tested).
+
+* each SQL cell becomes one line reading the file the orchestrator fetched into the cell's output
+  variable;
+* each write cell becomes one line writing its input dataframe into the run directory;
+* a cell tagged ``injected-parameters`` (papermill's convention) is inserted after the ``parameters``
+  cell, or first when there is none, holding the schedule's parameters and ``ds``;
+* every replaced cell keeps its original source in ``cell.metadata["bento"]["original_source"]`` and
+  the notebook records the rewrite in ``nb.metadata["dagster_bento"]``, so a reviewer sees what ran.
+
+Paths are relative to the run directory (the kernel's working directory), so the rewritten notebook
+does not depend on where a run happens.
+"""
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import nbformat
+from nbformat import NotebookNode
+
+from dagster_bento.notebook import CELL_KEY
+
+INJECTED_TAG = "injected-parameters"
+SETUP_TAG = "bento-setup"
+REWRITE_VERSION = 1
+Format = Literal["parquet", "csv"]
+
+_CSV_HELPERS = '''\
+def _bento_read_csv(path):
+    """Read a CSV written by the orchestrator with the column types recorded beside it."""
+    import json, pyarrow as pa, pyarrow.csv as pacsv
+    with open(path + ".schema.json") as f:
+        types = {k: pa.type_for_alias(v) for k, v in json.load(f).items()}
+    table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True))
+    return table.to_pandas(types_mapper=_bento_pd.ArrowDtype)
+'''
+
+
+def input_path(output: str, fmt: Format) -> str:
+    return f"inputs/{output}.{fmt}"
+
+
+def output_path(table: str, fmt: Format) -> str:
+    return f"outputs/{table}.{fmt}"
+
+
+def _read_line(var: str, path: str, fmt: Format) -> str:
+    if fmt == "csv":
+        return f'{var} = _bento_read_csv("{path}")'
+    return f'{var} = _bento_pd.read_parquet("{path}", dtype_backend="pyarrow")'
+
+
+def _write_line(var: str, path: str, fmt: Format) -> str:
+    if fmt == "csv":
+        return f'{var}.to_csv("{path}", index=False)'
+    return f'{var}.to_parquet("{path}")'
+
+
+def _parameters_source(parameters: Mapping[str, Any]) -> str:
+    lines = ["# Parameters injected by dagster-bento"]
+    lines += [f"{name} = {value!r}" for name, value in parameters.items()]
+    return "\n".join(lines)
+
+
+def restore_original(nb: NotebookNode) -> NotebookNode:
+    """Undo a previous rewrite: drop injected cells and put original sources back."""
+    nb = copy.deepcopy(nb)
+    keep = []
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if INJECTED_TAG in tags or SETUP_TAG in tags:
+            continue
+        meta = cell.get("metadata", {}).get(CELL_KEY)
+        if isinstance(meta, dict) and "original_source" in meta:
+            cell.source = meta.pop("original_source")
+        keep.append(cell)
+    nb.cells = keep
+    nb.metadata.pop("dagster_bento", None)
+    return nb
+
+
+def rewrite_notebook(nb: NotebookNode, *, sql_cells: Sequence[tuple[int, str]],
+                     write_cells: Sequence[tuple[int, str, str]], parameters: Mapping[str, Any],
+                     parameters_cell: int | None, fmt: Format = "parquet",
+                     run_info: Mapping[str, Any] | None = None) -> NotebookNode:
+    """Return the notebook to execute.
+
+    ``sql_cells``: (cell index, output variable); ``write_cells``: (cell index, input variable, table).
+    Indices refer to the original notebook (as parsed); ``nb`` may be an original or a rewritten one.
+    """
+    nb = restore_original(nb)
+    rewritten: list[dict[str, Any]] = []
+    for index, var in sql_cells:
+        line = _read_line(var, input_path(var, fmt), fmt)
+        _replace(nb.cells[index], line)
+        rewritten.append({"cell": index, "kind": "sql", "output": var, "source": line})
+    for index, var, table in write_cells:
+        line = _write_line(var, output_path(table, fmt), fmt)
+        _replace(nb.cells[index], line)
+        rewritten.append({"cell": index, "kind": "write", "input": var, "table": table, "source": line})
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+    setup_src = "import pandas as _bento_pd  # injected by dagster-bento: the SQL/write cells below use it"
+    if fmt == "csv":
+        setup_src += "\n\n" + _CSV_HELPERS
+    setup = nbformat.v4.new_code_cell(setup_src, metadata={"tags": [SETUP_TAG]})
+    injected = nbformat.v4.new_code_cell(_parameters_source(parameters), metadata={"tags": [INJECTED_TAG]})
+    # deterministic ids keep the rewrite idempotent and golden files stable
+    setup.id, injected.id = "bento-setup", "bento-injected-parameters"
+    position = parameters_cell + 1 if parameters_cell is not None else 0
+    nb.cells.insert(position, injected)
+    nb.cells.insert(0, setup)
+    nb.metadata["dagster_bento"] = {
+        "rewrite_version": REWRITE_VERSION,
+        "format": fmt,
+        "parameters": dict(parameters),
+        "rewritten_cells": rewritten,
+        "injected_cells": [SETUP_TAG, INJECTED_TAG],
+        **dict(run_info or {}),
+    }
+    return nb
+
+
+def _replace(cell: NotebookNode, line: str) -> None:
+    meta = cell.metadata.setdefault(CELL_KEY, {})
+    meta["original_source"] = cell.source
+    cell.source = line
+
+
+def original_index(executed: NotebookNode, index: int) -> int:
+    """Map a cell index of the rewritten notebook back to the original notebook's index."""
+    injected_before = sum(1 for cell in executed.cells[:index]
+                          if {INJECTED_TAG, SETUP_TAG} & set(cell.get("metadata", {}).get("tags", [])))
+    return index - injected_before

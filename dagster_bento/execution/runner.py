@@ -1,0 +1,335 @@
+"""Step 5: one notebook run, end to end, in the order data moves.
+
+check reads → fetch (orchestrator, with credentials) → rewrite → execute in the sandbox (no network,
+no credentials) → keep the executed notebook → check writes → upload (one transaction) → report.
+The run directory holding the data files is deleted whatever happens.
+"""
+
+import dataclasses
+import datetime as dt
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import nbformat
+
+from dagster_bento import zones
+from dagster_bento.errors import (
+    DagsterBentoError,
+    DagsterBentoOutputError,
+    DagsterBentoPolicyError,
+    DagsterBentoRunError,
+)
+from dagster_bento.execution import artifacts
+from dagster_bento.execution.rewrite import input_path, output_path, rewrite_notebook
+from dagster_bento.lineage import LineageConfig, LineageDataset, LineageEmitter
+from dagster_bento.notebook import parse_notebook
+from dagster_bento.project import POLICY_FILE, resolve_job
+from dagster_bento.spec import BentoJob
+from dagster_bento.translator import META, DagsterBentoTranslator, column_lineage_for
+from dagster_bento.warehouse import UploadRequest, Warehouse, warehouse_from_url
+
+
+@dataclasses.dataclass
+class RunTimings:
+    fetch_s: float = 0.0
+    execute_s: float = 0.0
+    upload_s: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in dataclasses.asdict(self).items()}
+
+
+class BentoInvocation:
+    """Handle on one notebook run, like dagster-dbt's ``DbtCliInvocation``."""
+
+    def __init__(self, *, resource: Any, context: Any, job: BentoJob):
+        self.resource = resource
+        self.context = context
+        self.job = job
+        self.project_dir = Path(resource.project_dir)
+        self.translator = DagsterBentoTranslator()
+        self._results: list[dg.MaterializeResult] | None = None
+        self._error: BaseException | None = None
+        self.executed_notebook: Path | None = None
+        self._logged: list[dict[str, Any]] = []  # log-mode zone violations, recorded on the outputs
+
+    # -- public handle --------------------------------------------------------------------------
+
+    def stream(self) -> Iterator[dg.MaterializeResult]:
+        yield from self.wait()
+
+    def wait(self) -> list[dg.MaterializeResult]:
+        if self._results is None:
+            try:
+                self._results = self._run()
+            except BaseException as err:
+                self._error = err
+                raise
+        return self._results
+
+    def get_error(self) -> BaseException | None:
+        return self._error
+
+    # -- the run --------------------------------------------------------------------------------
+
+    @property
+    def log(self) -> Any:
+        return self.context.log
+
+    def _ds(self) -> str:
+        if self.job.spec.partitioned and self.context.has_partition_key:
+            return self.context.partition_key
+        return dt.datetime.now(dt.timezone.utc).date().isoformat()
+
+    def _run(self) -> list[dg.MaterializeResult]:
+        run_id = self.context.run_id
+        ds = self._ds()
+        job = self._job_for_run(ds)
+        warehouse = warehouse_from_url(self.resource.warehouse_url)
+        emitter = self._emitter(warehouse)
+        fmt = self.resource.data_format
+        read_labels: dict[str, frozenset[str]] = {}
+        inputs = [LineageDataset(t) for t in job.tables_read]
+        emitter.start(run_id=run_id, job_name=job.name, notebook_path=job.notebook_path,
+                      notebook_zone=job.zone, inputs=inputs, sql=[c.sql for c in job.sql_cells],
+                      parameters={**job.parameters, "ds": ds}, nominal_time=_nominal(ds))
+        run_dir = self._make_run_dir(run_id)
+        timings = RunTimings()
+        try:
+            policy = self._policy()
+            read_labels = self._check_reads(policy, job, warehouse)
+            fetched = self._fetch(job, warehouse, run_dir, fmt, timings)
+            executed = self._execute(job, run_dir, fmt, ds, timings)
+            files = self._outputs(job, run_dir, fmt)
+            labels = self._check_writes(policy, job, warehouse, read_labels)
+            uploaded = self._upload(job, warehouse, files, labels, ds, fmt, timings)
+        except BaseException as err:
+            if isinstance(err, DagsterBentoRunError) and self.executed_notebook and not err.executed_notebook:
+                err.executed_notebook = str(self.executed_notebook)
+            violation = getattr(err, "metadata", {}).get("violation") if isinstance(err, DagsterBentoError) else None
+            emitter.fail(run_id=run_id, job_name=job.name, inputs=inputs, error_message=str(err),
+                         violation=violation.data if hasattr(violation, "data") else violation,
+                         stack_trace="".join(traceback.format_exception(err))[-4000:])
+            raise
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            warehouse.close()
+        outputs = [LineageDataset(u.table, columns=tuple((c.name, c.type) for c in u.columns),
+                                  zones=labels.get(u.table), row_count=u.rows_written,
+                                  column_lineage=_ol_column_lineage(job, u))
+                   for u in uploaded]
+        emitter.complete(run_id=run_id, job_name=job.name,
+                         inputs=[LineageDataset(t, zones=read_labels.get(t)) for t in job.tables_read],
+                         outputs=outputs)
+        return [self._result(job, u, labels, fetched, executed, timings, ds) for u in uploaded]
+
+    def _job_for_run(self, ds: str) -> BentoJob:
+        """Re-render the schedule with the run's ``ds``; refuse if the notebook changed since load."""
+        job = self.job
+        parsed = parse_notebook(self.project_dir / job.notebook_path, job.notebook_path)
+        if parsed.sha256 != job.notebook_sha256:
+            raise DagsterBentoRunError(
+                f"{job.notebook_path} changed since the definitions were loaded; reload the code location "
+                "(its code version changes with the notebook) and run again", notebook=job.notebook_path)
+        resolved, problems = resolve_job(parsed, job.spec, job.entry, default_schema=job.default_schema,
+                                         dialect=job.dialect, ds=ds)
+        if resolved is None:
+            raise DagsterBentoRunError("cannot render the notebook for this run:\n" + "\n".join(
+                f"  - {p}" for p in problems), notebook=job.notebook_path)
+        return resolved
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def _make_run_dir(self, run_id: str) -> Path:
+        root = Path(self.resource.run_root) if self.resource.run_root else Path(tempfile.gettempdir())
+        root.mkdir(parents=True, exist_ok=True)
+        run_dir = Path(tempfile.mkdtemp(prefix=f"bento-{run_id[:8]}-", dir=root))
+        os.chmod(run_dir, 0o700)
+        (run_dir / "inputs").mkdir()
+        (run_dir / "outputs").mkdir()
+        return run_dir
+
+    def _policy(self) -> Any:
+        path = self.project_dir / POLICY_FILE
+        return zones.load_policy(path) if path.exists() else None
+
+    def _check_reads(self, policy: Any, job: BentoJob, warehouse: Warehouse) -> dict[str, frozenset[str]]:
+        """Labels are re-read right before the fetch: they may have changed since load."""
+        if policy is None:
+            self.log.warning(f"{POLICY_FILE} is missing: purpose zones are not enforced for {job.name}")
+            return {}
+        stored = warehouse.read_labels(job.tables_read)
+        labels: dict[str, frozenset[str]] = {}
+        for cell in job.sql_cells:
+            for table in cell.tables:
+                label = zones.resolve_label(policy, table, stored)
+                violation = zones.check_read(policy, notebook=job.name, notebook_path=job.notebook_path,
+                                             notebook_zone=job.zone, cell=cell.index, table=table, label=label,
+                                             phase="pre_fetch")
+                self._handle(violation)
+                if isinstance(label, frozenset):
+                    labels[table] = label
+        return labels
+
+    def _handle(self, violation: Any) -> None:
+        if violation is None:
+            return
+        if violation.enforced:
+            raise zones.violation_error(violation)
+        self.log.warning(f"purpose zone violation (log mode, run continues): {violation.message()}")
+        self._logged.append(violation.to_dict())
+
+    def _fetch(self, job: BentoJob, warehouse: Warehouse, run_dir: Path, fmt: str, timings: RunTimings
+               ) -> dict[int, Any]:
+        start = time.perf_counter()
+        fetched = {}
+        for cell in job.sql_cells:
+            result = warehouse.fetch(cell.sql, run_dir / input_path(cell.output, fmt), fmt=fmt,
+                                     notebook=job.notebook_path, cell=cell.index)
+            fetched[cell.index] = result
+            self.log.info(f"cell {cell.index}: fetched {result.rows} rows into {cell.output} "
+                          f"({result.seconds:.2f}s)")
+        timings.fetch_s = time.perf_counter() - start
+        return fetched
+
+    def _execute(self, job: BentoJob, run_dir: Path, fmt: str, ds: str, timings: RunTimings) -> Path:
+        from dagster_bento.execution.sandbox import SandboxConfig, execute_notebook
+
+        source = nbformat.read(self.project_dir / job.notebook_path, as_version=4)
+        nb = rewrite_notebook(
+            source, sql_cells=[(c.index, c.output) for c in job.sql_cells],
+            write_cells=[(w.index, w.input, w.table) for w in job.write_cells],
+            parameters={**job.parameters, "ds": ds, "ds_nodash": ds.replace("-", "")},
+            parameters_cell=job.parameters_cell, fmt=fmt,  # type: ignore[arg-type]
+            run_info={"schedule": job.name, "run_id": self.context.run_id, "notebook": job.notebook_path,
+                      "code_version": job.code_version})
+        config = SandboxConfig(
+            backend=job.spec.sandbox or self.resource.sandbox,  # type: ignore[arg-type]
+            timeout_s=job.spec.timeout_seconds or self.resource.timeout_seconds,
+            memory_limit_mb=job.spec.memory_limit_mb or self.resource.memory_limit_mb,
+            docker_image=self.resource.docker_image)
+        target = artifacts.artifact_path(self.resource.artifacts_path, job.name, self.context.run_id)
+        start = time.perf_counter()
+        try:
+            executed = execute_notebook(nb, run_dir=run_dir, config=config, notebook_label=job.notebook_path,
+                                        log=_DagsterLogAdapter(self.log))
+        except DagsterBentoRunError as err:
+            partial = getattr(err, "executed_nb", None) or nb
+            self.executed_notebook = artifacts.save(partial, target, html=self.resource.html)
+            err.executed_notebook = str(self.executed_notebook)
+            err.metadata["executed_notebook"] = dg.MetadataValue.path(str(self.executed_notebook))
+            raise
+        finally:
+            timings.execute_s = time.perf_counter() - start
+        self.executed_notebook = artifacts.save(executed, target, html=self.resource.html)
+        self.log.info(f"executed notebook kept at {self.executed_notebook}")
+        return self.executed_notebook
+
+    def _outputs(self, job: BentoJob, run_dir: Path, fmt: str) -> dict[str, Path]:
+        files = {}
+        for cell in job.write_cells:
+            path = run_dir / output_path(cell.table, fmt)
+            if not path.exists():
+                raise DagsterBentoOutputError(
+                    f"write cell {cell.index} of {job.notebook_path} produced no file for {cell.table}: "
+                    f"the dataframe {cell.input!r} was not written. Make sure every cell before it runs "
+                    "and that it holds a pandas DataFrame", notebook=job.notebook_path, cell=cell.index)
+            files[cell.table] = path
+        return files
+
+    def _check_writes(self, policy: Any, job: BentoJob, warehouse: Warehouse,
+                      read_labels: Mapping[str, frozenset[str]]) -> dict[str, frozenset[str]]:
+        """Compute each output's label and apply the write rule right before the upload."""
+        if policy is None:
+            return {}
+        stored = warehouse.read_labels(job.tables_written)
+        labels: dict[str, frozenset[str]] = {}
+        for cell in job.write_cells:
+            reclass = policy.reclassification_for(job.name, cell.table)
+            required = zones.output_label(read_labels.values(), job.zone, reclassification=reclass)
+            violation, label = zones.check_write(
+                policy, notebook=job.name, notebook_path=job.notebook_path, notebook_zone=job.zone,
+                cell=cell.index, table=cell.table, required=required, stored=stored.get(cell.table),
+                exists_unlabeled=cell.table not in stored and warehouse.table_exists(cell.table)
+                and not isinstance(policy.declared_label(cell.table), frozenset),
+                mode=cell.mode, phase="pre_upload")
+            self._handle(violation)
+            labels[cell.table] = label
+        return labels
+
+    def _upload(self, job: BentoJob, warehouse: Warehouse, files: Mapping[str, Path],
+                labels: Mapping[str, frozenset[str]], ds: str, fmt: str, timings: RunTimings) -> list[Any]:
+        requests = [UploadRequest(table=c.table, path=files[c.table], mode=c.mode,
+                                  partition_column=c.partition_column,
+                                  partition_value=ds if c.mode == "overwrite_partition" else None,
+                                  label=labels.get(c.table), notebook=job.notebook_path, cell=c.index,
+                                  fmt=fmt)  # type: ignore[arg-type]
+                    for c in job.write_cells]
+        start = time.perf_counter()
+        uploaded = warehouse.upload(requests, run_id=self.context.run_id, notebook=job.notebook_path)
+        timings.upload_s = time.perf_counter() - start
+        return uploaded
+
+    def _result(self, job: BentoJob, uploaded: Any, labels: Mapping[str, frozenset[str]],
+                fetched: Mapping[int, Any], executed: Path, timings: RunTimings, ds: str) -> dg.MaterializeResult:
+        columns = {c.name: c.type for c in uploaded.columns}
+        metadata: dict[str, Any] = {
+            "dagster/table_name": uploaded.table,
+            "dagster/row_count": uploaded.rows_in_table,
+            "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in columns.items()]),
+            f"{META}/rows_written": uploaded.rows_written,
+            f"{META}/executed_notebook": dg.MetadataValue.notebook(str(executed)),
+            f"{META}/executed_notebook_html": dg.MetadataValue.path(str(executed.with_suffix(".html"))),
+            f"{META}/timings_s": dg.MetadataValue.json(timings.as_dict()),
+            f"{META}/rows_fetched": dg.MetadataValue.json({str(i): r.rows for i, r in fetched.items()}),
+            f"{META}/ds": ds,
+        }
+        lineage = column_lineage_for(job, columns, self.translator)
+        if lineage is not None:
+            metadata["dagster/column_lineage"] = lineage
+        if uploaded.table in labels:
+            metadata[f"{META}/output_label"] = dg.MetadataValue.json(sorted(labels[uploaded.table]))
+        if self._logged:
+            metadata[f"{META}/logged_violations"] = dg.MetadataValue.json(self._logged)
+        return dg.MaterializeResult(asset_key=self.translator.get_asset_key(uploaded.table), metadata=metadata)
+
+    def _emitter(self, warehouse: Warehouse) -> LineageEmitter:
+        r = self.resource
+        path = r.lineage_file or str(r.artifacts_path / "openlineage.jsonl")
+        config = LineageConfig(transport=r.lineage_transport, file_path=path, url=r.lineage_url)  # type: ignore[arg-type]
+        return LineageEmitter(config, dataset_namespace=_namespace(warehouse))
+
+
+def _namespace(warehouse: Warehouse) -> str:
+    return getattr(warehouse, "url", warehouse.kind)
+
+
+def _nominal(ds: str) -> str:
+    return f"{ds}T00:00:00Z"
+
+
+def _ol_column_lineage(job: BentoJob, uploaded: Any) -> dict[str, list[tuple[str, str]]]:
+    names = {c.name for c in uploaded.columns}
+    out: dict[str, list[tuple[str, str]]] = {}
+    for cell in job.sql_cells:
+        for col, deps in cell.column_lineage.items():
+            if col in names:
+                out.setdefault(col, list(deps))
+    return out
+
+
+class _DagsterLogAdapter:
+    """nbclient/sandbox expect a `logging.Logger`-like object; Dagster's context.log is close enough."""
+
+    def __init__(self, log: Any):
+        self._log = log
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)

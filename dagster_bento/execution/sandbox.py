@@ -1,0 +1,847 @@
+"""Run a rewritten notebook in a real Jupyter kernel that lives inside a sandbox.
+
+The orchestrator process (a Dagster op) holds the warehouse credentials; the notebook is user code.
+So only the *kernel* is sandboxed: nbclient runs here, in the host process, and talks to the kernel
+over ZeroMQ ``ipc`` sockets that sit in the run directory, the one directory both sides can see.
+``ipc`` (not ``tcp``) is what makes this work: the kernel has no usable network at all, and Unix
+sockets on a shared bind mount cross the namespace (or container) boundary.
+
+Backends:
+
+* ``bwrap`` (default, local and CI): bubblewrap with every namespace unshared, all capabilities
+  dropped, a clean environment and a filesystem that contains only the OS libraries, the Python
+  installation, the virtualenv (read-only) and the run directory (read-write). See
+  ``/work/shared/research/performance-baselines.md`` section E for why each flag is there.
+* ``docker`` (production): the kernel runs in a container with ``network_mode="none"``, a read-only
+  root filesystem and the run directory bind-mounted at the same path.
+* ``none``: no sandbox, for local development only; it warns on every run.
+
+The sandbox is never skipped silently: if it cannot be set up, the run fails with
+`DagsterBentoSandboxUnavailableError`.
+"""
+
+import asyncio
+import concurrent.futures
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import os
+import pwd
+import grp
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.provisioning import LocalProvisioner
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from nbformat import NotebookNode
+
+from dagster_bento.errors import (
+    DagsterBentoCellError,
+    DagsterBentoKernelDiedError,
+    DagsterBentoRunError,
+    DagsterBentoSandboxUnavailableError,
+    DagsterBentoTimeoutError,
+)
+
+Backend = Literal["bwrap", "none", "docker"]
+_BACKENDS: tuple[str, ...] = ("bwrap", "none", "docker")
+
+# Executables, looked up on PATH unless they contain a "/". Module-level so that tests (and unusual
+# installations) can point them elsewhere, e.g. at a missing path to check the "unavailable" error.
+BWRAP_EXECUTABLE = "bwrap"
+PRLIMIT_EXECUTABLE = "prlimit"
+ENV_EXECUTABLE = "env"
+_FALLBACK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+KERNEL_NAME = "dagster-bento-sandbox"
+# Hidden per-run directory inside run_dir: kernelspec, connection file, ipc sockets, kernel log.
+# It must be inside run_dir because that is the only host directory the kernel can see.
+STATE_DIR_NAME = ".bento-kernel"
+# sockaddr_un.sun_path is 108 bytes; zmq appends "-<n>" to the ipc prefix.
+_MAX_IPC_PATH = 100
+
+# Which rlimit enforces memory_limit_mb. RLIMIT_DATA (not RLIMIT_AS) because AS also counts
+# reserved-but-unused address space (glibc arenas, thread stacks, jemalloc), which would make a
+# 600 MB limit fail on kernel start while barely limiting real use.
+_MEMORY_RLIMIT_FLAG = "--data"
+
+# Host OS directories the kernel needs read-only. Usr-merged systems have /bin -> usr/bin etc.;
+# those are recreated as symlinks rather than bound.
+_SYSTEM_DIRS: tuple[str, ...] = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+# Only the /etc entries the Python kernel and common libraries read. Not resolv.conf (there is no
+# network), not shadow/ssh/postgresql/... (secrets); passwd and group are generated per run.
+_ETC_ENTRIES: tuple[str, ...] = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "nsswitch.conf",
+    "localtime",
+    "timezone",
+    "hosts",
+    "host.conf",
+    "gai.conf",
+    "mime.types",
+    "ssl",
+    "ca-certificates",
+    "fonts",
+    "alternatives",
+    "locale.alias",
+    "protocols",
+    "services",
+    "os-release",
+)
+
+NONE_BACKEND_WARNING = (
+    "sandbox: none — the notebook has network and filesystem access; for local development only"
+)
+
+_T = TypeVar("_T")
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxConfig:
+    """How the kernel is isolated and limited. The defaults are the safe choice."""
+
+    backend: Backend = "bwrap"
+    timeout_s: float = 600.0  # whole-run wall clock limit, kernel start included
+    cell_timeout_s: float | None = None
+    memory_limit_mb: int | None = 4096  # enforced on the kernel process
+    startup_timeout_s: float = 60.0
+    docker_image: str | None = None  # for backend="docker"
+    extra_ro_binds: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.backend not in _BACKENDS:
+            raise ValueError(f"SandboxConfig.backend must be one of {_BACKENDS}, got {self.backend!r}")
+        for name in ("timeout_s", "cell_timeout_s", "startup_timeout_s", "memory_limit_mb"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"SandboxConfig.{name} must be positive, got {value!r}")
+        for path in self.extra_ro_binds:
+            if not os.path.isabs(path):
+                raise ValueError(f"SandboxConfig.extra_ro_binds must be absolute paths, got {path!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Availability checks
+# --------------------------------------------------------------------------------------------------
+
+
+def check_sandbox_available(config: SandboxConfig) -> None:
+    """Raise `DagsterBentoSandboxUnavailableError` (saying how to fix it) if ``config`` cannot run here.
+
+    Called before every run, so a broken sandbox fails the run up front instead of after a long wait
+    for a kernel that never starts.
+    """
+    _require_memory_tool(config)
+    if config.backend == "bwrap":
+        _check_bwrap(config)
+    elif config.backend == "docker":
+        _check_docker(config)
+
+
+def _which(name: str) -> str | None:
+    """Resolve an executable like the shell would, falling back to the standard system dirs."""
+    if os.sep in name:
+        return name if os.path.isfile(name) and os.access(name, os.X_OK) else None
+    return shutil.which(name) or shutil.which(name, path=_FALLBACK_PATH)
+
+
+def _require(name: str, what: str, fix: str) -> str:
+    path = _which(name)
+    if path is None:
+        raise DagsterBentoSandboxUnavailableError(f"{what} ({name!r}) was not found. {fix}")
+    return os.path.realpath(path)
+
+
+def _require_memory_tool(config: SandboxConfig) -> None:
+    if config.memory_limit_mb is not None and config.backend != "docker":
+        _require(
+            PRLIMIT_EXECUTABLE,
+            "prlimit, needed to enforce SandboxConfig.memory_limit_mb,",
+            "Install util-linux (`apt-get install util-linux`), or set memory_limit_mb=None.",
+        )
+
+
+def _check_bwrap(config: SandboxConfig) -> None:
+    """Start a throwaway sandbox with the real argv and a trivial Python command.
+
+    This proves the namespaces can be created *and* that the interpreter resolves inside the
+    restricted filesystem (~30 ms), which is the failure people actually hit.
+    """
+    bwrap = _require(
+        BWRAP_EXECUTABLE,
+        "bubblewrap",
+        "Install it (`apt-get install bubblewrap` on Debian/Ubuntu, `dnf install bubblewrap` on "
+        "Fedora), or use SandboxConfig(backend='docker'). dagster-bento does not run notebooks "
+        "unsandboxed unless backend='none' is set explicitly.",
+    )
+    env = _require(ENV_EXECUTABLE, "env", "Install coreutils.")
+    with tempfile.TemporaryDirectory(prefix="bento-probe-") as tmp:
+        probe_dir = Path(tmp).resolve()
+        state = probe_dir / STATE_DIR_NAME
+        state.mkdir()
+        _write_identity_files(state)
+        argv = [env, "-i", bwrap, *bwrap_args(config, probe_dir, state), "--", sys.executable, "-c", "pass"]
+        try:
+            proc = subprocess.run(argv, env={}, capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise DagsterBentoSandboxUnavailableError(
+                f"bubblewrap at {bwrap} could not be started: {e}. Fix the installation or use "
+                "SandboxConfig(backend='docker')."
+            ) from e
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip() or f"exit status {proc.returncode}"
+        hints = " ".join(_namespace_hints(detail))
+        raise DagsterBentoSandboxUnavailableError(
+            f"bubblewrap at {bwrap} cannot create the kernel sandbox: {detail}. {hints}"
+            "Fix this, or use SandboxConfig(backend='docker'); dagster-bento does not fall back "
+            "to running the notebook unsandboxed."
+        )
+
+
+def _read_sysctl(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _namespace_hints(detail: str) -> list[str]:
+    """Explain the usual reasons bwrap cannot create namespaces, only the ones that apply here."""
+    hints = []
+    if _read_sysctl("/proc/sys/kernel/unprivileged_userns_clone") == "0" and os.geteuid() != 0:
+        hints.append(
+            "User namespaces are disabled for unprivileged users: run "
+            "`sysctl -w kernel.unprivileged_userns_clone=1`."
+        )
+    if _read_sysctl("/proc/sys/user/max_user_namespaces") == "0":
+        hints.append("User namespaces are disabled: run `sysctl -w user.max_user_namespaces=15000`.")
+    if _read_sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1" and os.geteuid() != 0:
+        hints.append(
+            "AppArmor restricts unprivileged user namespaces (Ubuntu 23.10+): add an AppArmor "
+            "profile for bwrap or run `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`."
+        )
+    if os.path.exists("/.dockerenv") and ("ermission" in detail or "not permitted" in detail):
+        hints.append(
+            "Inside a container, the default seccomp/AppArmor profile usually forbids creating "
+            "namespaces: run the container with `--security-opt seccomp=unconfined --security-opt "
+            "apparmor=unconfined`, or use the docker backend from the host."
+        )
+    return hints
+
+
+def _check_docker(config: SandboxConfig) -> None:
+    if not config.docker_image:
+        raise DagsterBentoSandboxUnavailableError(
+            "SandboxConfig(backend='docker') needs docker_image: an image with Python, ipykernel "
+            "and the notebook's libraries (e.g. the project's own image)."
+        )
+    client = _docker_client()
+    try:
+        import docker.errors
+
+        try:
+            client.images.get(config.docker_image)
+        except docker.errors.ImageNotFound as e:
+            raise DagsterBentoSandboxUnavailableError(
+                f"The kernel image {config.docker_image!r} is not present on the Docker engine: "
+                f"`docker pull {config.docker_image}` (or build it) before the run."
+            ) from e
+        except docker.errors.DockerException as e:
+            raise DagsterBentoSandboxUnavailableError(
+                f"Could not inspect the kernel image {config.docker_image!r}: {e}"
+            ) from e
+    finally:
+        client.close()
+
+
+def _docker_client() -> Any:
+    """A connected docker-py client, or a clear error when the engine is not reachable."""
+    docker_host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        import docker
+        import docker.errors
+    except ImportError as e:  # pragma: no cover - docker is a dependency of dagster-docker
+        raise DagsterBentoSandboxUnavailableError(
+            "The docker backend needs the `docker` Python package: `pip install docker`."
+        ) from e
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except docker.errors.DockerException as e:
+        raise DagsterBentoSandboxUnavailableError(
+            f"The Docker engine at {docker_host} is not reachable ({e}). Start the Docker daemon "
+            "or point DOCKER_HOST at a running engine, or use SandboxConfig(backend='bwrap')."
+        ) from e
+    return client
+
+
+# --------------------------------------------------------------------------------------------------
+# Kernel command lines (pure functions, unit-tested)
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_under(path: str, roots: Sequence[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _python_roots() -> list[str]:
+    """The Python installation and the virtualenv, exactly (never a parent such as the project dir)."""
+    roots: list[str] = []
+    exe_real = os.path.realpath(sys.executable)
+    candidates = [sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix]
+    # A venv's python is a symlink into the base installation; make sure that target is bound too.
+    candidates.append(os.path.dirname(os.path.dirname(exe_real)))
+    for cand in candidates:
+        real = os.path.realpath(cand)
+        for p in dict.fromkeys([os.path.abspath(cand), real]):
+            if not _is_under(p, ["/usr"]) and p not in roots:
+                roots.append(p)
+    return sorted(roots, key=len)
+
+
+def _system_mounts() -> list[str]:
+    args: list[str] = []
+    for d in _SYSTEM_DIRS:
+        if os.path.islink(d):
+            args += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            args += ["--ro-bind", d, d]
+    return args
+
+
+def _etc_mounts(state_dir: Path) -> list[str]:
+    args: list[str] = []
+    for entry in _ETC_ENTRIES:
+        path = f"/etc/{entry}"
+        if os.path.lexists(path) and os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    for name in ("passwd", "group"):
+        args += ["--ro-bind", str(state_dir / name), f"/etc/{name}"]
+    return args
+
+
+def _write_identity_files(state_dir: Path) -> None:
+    """Minimal /etc/passwd and /etc/group so libraries that look up the current user still work,
+    without exposing the host's account list."""
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = "bento"
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = "bento"
+    (state_dir / "passwd").write_text(f"{user}:x:{uid}:{gid}:{user}:/tmp:/bin/sh\n")
+    (state_dir / "group").write_text(f"{group}:x:{gid}:\n")
+
+
+def _kernel_env(config: SandboxConfig, run_dir: Path) -> dict[str, str]:
+    """The kernel's whole environment. Nothing is inherited from the orchestrator (credentials)."""
+    home = "/tmp" if config.backend == "bwrap" else str(run_dir / STATE_DIR_NAME / "home")
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = "bento"
+    return {
+        "PATH": f"{sys.prefix}/bin:/usr/local/bin:/usr/bin:/bin",
+        "HOME": home,
+        "TMPDIR": "/tmp",
+        "USER": user,
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "MPLBACKEND": "agg",
+    }
+
+
+def bwrap_args(config: SandboxConfig, run_dir: Path, state_dir: Path) -> list[str]:
+    """bubblewrap options (without the command) for a kernel whose only writable dir is run_dir.
+
+    Order matters: later mounts go on top of earlier ones, and ``--remount-ro /`` comes last so the
+    sandbox's root is read-only while run_dir and /tmp stay writable.
+    """
+    args = [
+        "--unshare-all",  # net, pid, ipc, uts, cgroup, user (bwrap brings up a private lo)
+        "--die-with-parent",
+        "--new-session",  # no TIOCSTI into the orchestrator's terminal
+        "--cap-drop",
+        "ALL",  # no setns() back into the host netns, no mounts
+        "--clearenv",
+        "--hostname",
+        "bento-sandbox",
+        *_system_mounts(),
+        *_etc_mounts(state_dir),
+    ]
+    bound: list[str] = []
+    for root in [*_python_roots(), *config.extra_ro_binds]:
+        if root not in bound:
+            bound.append(root)
+            args += ["--ro-bind", root, root]
+    run = str(run_dir)
+    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--bind", run, run]
+    args += ["--remount-ro", "/", "--chdir", run]
+    for key, value in _kernel_env(config, run_dir).items():
+        args += ["--setenv", key, value]
+    return args
+
+
+def _memory_limit_prefix(config: SandboxConfig) -> list[str]:
+    if config.memory_limit_mb is None:
+        return []
+    limit = config.memory_limit_mb * 1024 * 1024
+    prlimit = os.path.realpath(_which(PRLIMIT_EXECUTABLE) or PRLIMIT_EXECUTABLE)
+    return [prlimit, f"{_MEMORY_RLIMIT_FLAG}={limit}", "--"]
+
+
+def kernel_argv(config: SandboxConfig, run_dir: Path, state_dir: Path) -> list[str]:
+    """The kernelspec argv for the bwrap and none backends (``{connection_file}`` is a template).
+
+    It starts with ``env -i`` so the launched process (bwrap, whose pid-1 helper is visible as
+    /proc/1/environ inside the sandbox, or the unsandboxed kernel) has an empty environment, whatever
+    environment jupyter_client hands to Popen.
+    """
+    env = os.path.realpath(_which(ENV_EXECUTABLE) or "/usr/bin/env")
+    # faulthandler: a crash in native code leaves a Python stack in the kernel log (error message).
+    python = [sys.executable, "-X", "faulthandler", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    limit = _memory_limit_prefix(config)
+    if config.backend == "bwrap":
+        bwrap = os.path.realpath(_which(BWRAP_EXECUTABLE) or BWRAP_EXECUTABLE)
+        return [env, "-i", bwrap, *bwrap_args(config, run_dir, state_dir), "--", *limit, *python]
+    if config.backend == "none":
+        assignments = [f"{k}={v}" for k, v in _kernel_env(config, run_dir).items()]
+        return [env, "-i", *assignments, *limit, *python]
+    raise ValueError(f"backend {config.backend!r} does not use a local kernel command")
+
+
+def docker_container_kwargs(config: SandboxConfig, run_dir: Path, connection_file: Path) -> dict[str, Any]:
+    """Keyword arguments for ``docker.containers.run`` that start the kernel container.
+
+    The run dir is mounted at the same path so the connection file and the ipc sockets it names
+    mean the same thing on both sides. No network, no capabilities, read-only root, no host env.
+    """
+    if not config.docker_image:
+        raise ValueError("docker_image is required for backend='docker'")
+    run = str(run_dir)
+    kwargs: dict[str, Any] = {
+        "image": config.docker_image,
+        "command": [
+            "python",
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            str(connection_file),
+            "--HistoryManager.hist_file=:memory:",
+        ],
+        "detach": True,
+        "network_mode": "none",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "read_only": True,
+        "tmpfs": {"/tmp": "rw,nosuid,nodev,size=1g"},
+        "volumes": {run: {"bind": run, "mode": "rw"}},
+        "working_dir": run,
+        "user": f"{os.getuid()}:{os.getgid()}",
+        "environment": {"HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1", "MPLBACKEND": "agg"},
+        "init": True,
+        "pids_limit": 1024,
+        "labels": {"dagster-bento.role": "kernel"},
+    }
+    for path in config.extra_ro_binds:
+        kwargs["volumes"][path] = {"bind": path, "mode": "ro"}
+    if config.memory_limit_mb is not None:
+        kwargs["mem_limit"] = f"{config.memory_limit_mb}m"
+        kwargs["memswap_limit"] = f"{config.memory_limit_mb}m"  # no swap on top
+    return kwargs
+
+
+class _DockerProvisioner(LocalProvisioner):  # type: ignore[misc]
+    """Launches the kernel as a container; lifecycle calls map onto the container.
+
+    Reuses LocalProvisioner.pre_launch, which writes the connection file into the run dir.
+    """
+
+    config_for_run: Any = None
+    run_dir: Any = None
+    container: Any = None
+    _client: Any = None
+
+    @property
+    def has_process(self) -> bool:
+        return self.container is not None
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+        self._client = _docker_client()
+        kw = docker_container_kwargs(self.config_for_run, self.run_dir, Path(self.parent.connection_file))
+        kw["name"] = f"bento-kernel-{self.kernel_id}"
+        self.container = await asyncio.to_thread(self._client.containers.run, **kw)
+        return self.connection_info
+
+    async def poll(self) -> int | None:
+        if self.container is None:
+            return 0
+        await asyncio.to_thread(self.container.reload)
+        state = self.container.attrs.get("State", {})
+        if state.get("Status") in ("created", "running", "restarting"):
+            return None
+        return int(state.get("ExitCode", 0))
+
+    async def wait(self) -> int | None:
+        while (ret := await self.poll()) is None:
+            await asyncio.sleep(0.1)
+        return ret
+
+    async def send_signal(self, signum: int) -> None:
+        if self.container is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.container.kill, signal=int(signum))
+
+    async def kill(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGTERM)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        if self.container is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.container.remove, force=True)
+            self.container = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def oom_killed(self) -> bool:
+        with contextlib.suppress(Exception):
+            return bool(self.container.attrs["State"]["OOMKilled"])
+        return False
+
+    def log_tail(self) -> str:
+        with contextlib.suppress(Exception):
+            return self.container.logs(tail=30).decode(errors="replace")
+        return ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Progress:
+    """What nbclient was doing when something went wrong (for error messages)."""
+
+    cell: int | None = None
+    kernel_ready: bool = False
+
+
+def _prepare_state_dir(config: SandboxConfig, run_dir: Path, label: str) -> Path:
+    state = run_dir / STATE_DIR_NAME
+    shutil.rmtree(state, ignore_errors=True)
+    (state / "kernels" / KERNEL_NAME).mkdir(parents=True)
+    (state / "home").mkdir()
+    ipc_prefix = state / "ipc"
+    if len(str(ipc_prefix)) > _MAX_IPC_PATH:
+        raise DagsterBentoSandboxUnavailableError(
+            f"{label}: the run directory path is too long for the kernel's ipc sockets "
+            f"({len(str(ipc_prefix))} > {_MAX_IPC_PATH} characters: {ipc_prefix}). Use a shorter run "
+            "directory.",
+            notebook=label,
+        )
+    _write_identity_files(state)
+    argv = (
+        kernel_argv(config, run_dir, state)
+        if config.backend != "docker"
+        else ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    )
+    spec = {"argv": argv, "display_name": "dagster-bento sandbox", "language": "python", "env": {}}
+    (state / "kernels" / KERNEL_NAME / "kernel.json").write_text(json.dumps(spec, indent=1))
+    return state
+
+
+def _make_kernel_manager(config: SandboxConfig, run_dir: Path, state: Path, log: logging.Logger) -> AsyncKernelManager:
+    """An async kernel manager (a dead kernel must surface as DeadKernelError, not a hang) that uses
+    our own kernelspec and keeps every file it creates inside the run directory."""
+    km = AsyncKernelManager(
+        kernel_name=KERNEL_NAME,
+        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(state / "kernels")], ensure_native_kernel=False),
+        transport="ipc",
+        ip=str(state / "ipc"),
+        connection_file=str(state / "connection.json"),
+        log=log,
+    )
+    km.kernel_id = str(uuid.uuid4())
+    if config.backend == "docker":
+        prov = _DockerProvisioner(kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km)
+        prov.config_for_run = config
+        prov.run_dir = run_dir
+        km.provisioner = prov
+    return km
+
+
+def _run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run a coroutine from synchronous code, even if this thread already has a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def execute_notebook(
+    nb: NotebookNode,
+    *,
+    run_dir: Path,
+    config: SandboxConfig,
+    notebook_label: str,
+    log: logging.Logger | None = None,
+) -> NotebookNode:
+    """Execute every code cell of ``nb`` in a sandboxed kernel whose cwd is ``run_dir``.
+
+    Returns the executed copy (``nb`` itself is not modified). On failure raises a
+    `DagsterBentoRunError` subclass with the partially executed notebook attached as
+    ``.executed_nb`` so the caller can save it.
+    """
+    log = log or logging.getLogger(__name__)
+    run_dir = Path(run_dir).resolve()
+    if not run_dir.is_dir():
+        raise DagsterBentoSandboxUnavailableError(
+            f"{notebook_label}: run directory {run_dir} does not exist; create it before the run.",
+            notebook=notebook_label,
+        )
+    try:
+        check_sandbox_available(config)
+    except DagsterBentoSandboxUnavailableError as e:
+        raise DagsterBentoSandboxUnavailableError(f"{notebook_label}: {e.message}", notebook=notebook_label) from e
+    if config.backend == "none":
+        log.warning(NONE_BACKEND_WARNING)
+    executed = copy.deepcopy(nb)
+    state = _prepare_state_dir(config, run_dir, notebook_label)
+    try:
+        _run_sync(_execute(executed, run_dir, state, config, notebook_label, log))
+    except DagsterBentoRunError as e:
+        e.executed_nb = executed  # type: ignore[attr-defined]
+        raise
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    return executed
+
+
+async def _execute(
+    nb: NotebookNode, run_dir: Path, state: Path, config: SandboxConfig, label: str, log: logging.Logger
+) -> None:
+    progress = _Progress()
+
+    def on_cell_execute(cell: NotebookNode, cell_index: int) -> None:
+        progress.cell = cell_index
+
+    def on_notebook_start(notebook: NotebookNode) -> None:
+        progress.kernel_ready = True
+
+    km = _make_kernel_manager(config, run_dir, state, log)
+    client = NotebookClient(
+        nb,
+        km=km,
+        timeout=config.cell_timeout_s,
+        startup_timeout=int(max(1, config.startup_timeout_s)),
+        kernel_name=KERNEL_NAME,
+        resources={"metadata": {"path": str(run_dir)}},
+        shutdown_kernel="immediate",
+        record_timing=True,
+        allow_errors=False,
+        interrupt_on_timeout=False,
+        on_cell_execute=on_cell_execute,
+        on_notebook_start=on_notebook_start,
+        log=log,
+    )
+    kernel_log_path = state / "kernel.log"
+    with open(kernel_log_path, "ab") as kernel_log:
+        task = asyncio.ensure_future(client.async_execute(env={}, stdout=subprocess.DEVNULL, stderr=kernel_log))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=config.timeout_s)
+            if not done:
+                await _cancel(task)
+                raise _whole_run_timeout(config, label, progress)
+            try:
+                task.result()
+            except CellExecutionError as e:
+                raise _cell_error(e, nb, config, label, progress) from None
+            except CellTimeoutError as e:
+                raise _cell_timeout(config, label, progress) from e
+            except DeadKernelError as e:
+                exit_status = await _exit_status(km)
+                raise _kernel_died(km, config, label, progress, exit_status, kernel_log_path) from e
+            except RuntimeError as e:
+                if progress.kernel_ready:
+                    raise
+                raise await _startup_error(e, km, config, label, kernel_log_path) from e
+            except OSError as e:
+                if progress.kernel_ready:
+                    raise
+                raise DagsterBentoSandboxUnavailableError(
+                    f"{label}: the sandboxed kernel could not be launched: {e}", notebook=label
+                ) from e
+        finally:
+            await _shutdown(client, km)
+
+
+async def _cancel(task: "asyncio.Future[Any]") -> None:
+    """Cancel nbclient's run and wait for it; whatever it raises while unwinding is moot."""
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+
+
+async def _shutdown(client: NotebookClient, km: AsyncKernelManager) -> None:
+    """Kill the kernel immediately and release sockets; nbclient leaves this to us since we own km."""
+    kc = client.kc
+    if kc is not None:
+        with contextlib.suppress(Exception):
+            kc.stop_channels()
+        client.kc = None
+    with contextlib.suppress(Exception):
+        if km.has_kernel:
+            await km.shutdown_kernel(now=True)
+    with contextlib.suppress(Exception):
+        await km.cleanup_resources()
+
+
+async def _exit_status(km: AsyncKernelManager) -> int | None:
+    with contextlib.suppress(Exception):
+        if km.provisioner is not None:
+            return await km.provisioner.poll()
+    return None
+
+
+def _describe_exit(status: int | None) -> str:
+    if status is None:
+        return "exit status unknown"
+    sig = -status if status < 0 else status - 128 if status > 128 else None
+    if sig is not None:
+        with contextlib.suppress(ValueError):
+            return f"exit status {status}, killed by {signal.Signals(sig).name}"
+    return f"exit status {status}"
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _where(progress: _Progress) -> str:
+    return f"cell {progress.cell}" if progress.cell is not None else "kernel startup"
+
+
+def _memory_hint(config: SandboxConfig) -> str:
+    if config.memory_limit_mb is None:
+        return ""
+    return (
+        f" The kernel's memory limit is {config.memory_limit_mb} MB (SandboxConfig.memory_limit_mb): "
+        "process the data in smaller pieces or raise the limit."
+    )
+
+
+def _cell_error(
+    e: CellExecutionError, nb: NotebookNode, config: SandboxConfig, label: str, progress: _Progress
+) -> DagsterBentoCellError:
+    index = progress.cell
+    traceback = _error_traceback(nb, index) or str(e.traceback).splitlines()
+    message = f"{label}: cell {index} raised {e.ename}" + (f": {e.evalue}" if e.evalue else "")
+    if "MemoryError" in e.ename:
+        message += "." + _memory_hint(config)
+    message += "\nFix the cell and re-run; the executed notebook shows the full traceback."
+    return DagsterBentoCellError(
+        message, ename=e.ename, evalue=e.evalue, traceback=traceback, notebook=label, cell=index
+    )
+
+
+def _error_traceback(nb: NotebookNode, index: int | None) -> list[str]:
+    if index is None:
+        return []
+    for output in nb.cells[index].get("outputs", []):
+        if output.get("output_type") == "error":
+            return list(output.get("traceback", []))
+    return []
+
+
+def _cell_timeout(config: SandboxConfig, label: str, progress: _Progress) -> DagsterBentoTimeoutError:
+    return DagsterBentoTimeoutError(
+        f"{label}: {_where(progress)} did not finish within the cell time limit of "
+        f"{config.cell_timeout_s:g} s (SandboxConfig.cell_timeout_s); the kernel was stopped. Make "
+        "the cell faster or raise the limit.",
+        notebook=label,
+        cell=progress.cell,
+    )
+
+
+def _whole_run_timeout(config: SandboxConfig, label: str, progress: _Progress) -> DagsterBentoTimeoutError:
+    return DagsterBentoTimeoutError(
+        f"{label}: the run exceeded its time limit of {config.timeout_s:g} s "
+        f"(SandboxConfig.timeout_s) during {_where(progress)}; the kernel was stopped. Make the "
+        "notebook faster or raise the limit.",
+        notebook=label,
+        cell=progress.cell,
+    )
+
+
+def _kernel_died(
+    km: AsyncKernelManager,
+    config: SandboxConfig,
+    label: str,
+    progress: _Progress,
+    status: int | None,
+    kernel_log: Path,
+) -> DagsterBentoKernelDiedError:
+    prov = km.provisioner
+    oom = isinstance(prov, _DockerProvisioner) and prov.oom_killed()
+    message = f"{label}: the kernel died during {_where(progress)} ({_describe_exit(status)})."
+    if oom:
+        message += f" The container was killed for exceeding its memory limit of {config.memory_limit_mb} MB."
+    else:
+        message += " Likely causes: the cell called os._exit() or crashed in native code"
+        if config.memory_limit_mb is not None:
+            message += f", or it exceeded the memory limit of {config.memory_limit_mb} MB"
+        message += "."
+    if config.memory_limit_mb is not None:
+        message += " Raise SandboxConfig.memory_limit_mb if the cell needs more memory."
+    tail = prov.log_tail() if isinstance(prov, _DockerProvisioner) else _log_tail(kernel_log)
+    if tail:
+        message += f"\nLast kernel output:\n{tail}"
+    return DagsterBentoKernelDiedError(message, notebook=label, cell=progress.cell)
+
+
+async def _startup_error(
+    e: RuntimeError, km: AsyncKernelManager, config: SandboxConfig, label: str, kernel_log: Path
+) -> DagsterBentoRunError:
+    prov = km.provisioner
+    tail = prov.log_tail() if isinstance(prov, _DockerProvisioner) else _log_tail(kernel_log)
+    detail = f"\nKernel output:\n{tail}" if tail else ""
+    if "didn't respond" in str(e):
+        return DagsterBentoTimeoutError(
+            f"{label}: the {config.backend} kernel did not become ready within "
+            f"{config.startup_timeout_s:g} s (SandboxConfig.startup_timeout_s).{detail}",
+            notebook=label,
+        )
+    status = await _exit_status(km)
+    return DagsterBentoKernelDiedError(
+        f"{label}: the {config.backend} kernel exited during startup ({_describe_exit(status)}): {e}. "
+        f"Check that ipykernel is installed in the environment the kernel uses.{detail}",
+        notebook=label,
+    )

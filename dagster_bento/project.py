@@ -1,0 +1,451 @@
+"""Load a dagster-bento project: notebooks + sidecar specs + policy → `BentoJob`s and every problem.
+
+Nothing here imports Dagster definitions machinery; the factory (`assets.py`) only wires the result.
+Parsing is cached by file hash (``.bento/cache``), so a large project loads in the time it takes to
+hash its files.
+"""
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import pickle
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from dagster_bento import eligibility, zones
+from dagster_bento.errors import DagsterBentoProjectError, Problem
+from dagster_bento.notebook import ParsedNotebook, parse_notebook
+from dagster_bento.spec import (
+    BentoJob,
+    ResolvedSqlCell,
+    ResolvedWriteCell,
+    ScheduleEntry,
+    ScheduleSpec,
+    load_schedule_spec,
+    spec_path_for,
+)
+from dagster_bento.sql import SqlAnalysisError, analyse_query, normalise_table
+
+NOTEBOOKS_DIR = "notebooks"
+POLICY_FILE = "purpose_zones.yaml"
+CONFIG_FILE = "bento.yaml"
+CACHE_VERSION = "3"
+# `ds` at definition time: a fixed date so rendering (and the code version) is stable.
+STATIC_DS = "2000-01-01"
+_CONFIG_KEYS = {"warehouse_url", "default_schema", "dialect", "artifacts_dir", "sandbox", "data_format",
+                "timeout_seconds", "memory_limit_mb", "lineage", "strict_zones", "notebooks_dir"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectConfig:
+    """``bento.yaml`` at the project root; every field is optional (README "Project config")."""
+
+    warehouse_url: str | None = None
+    default_schema: str | None = None
+    dialect: str | None = None
+    artifacts_dir: str = ".bento/artifacts"
+    sandbox: str = "bwrap"
+    data_format: str = "parquet"
+    timeout_seconds: float = 1800.0
+    memory_limit_mb: int = 4096
+    lineage: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    strict_zones: bool = False
+    notebooks_dir: str = NOTEBOOKS_DIR
+
+
+@dataclasses.dataclass(frozen=True)
+class BentoProject:
+    project_dir: Path
+    config: ProjectConfig
+    default_schema: str
+    dialect: str | None
+    notebooks: tuple[ParsedNotebook, ...]
+    jobs: tuple[BentoJob, ...]
+    drafts: tuple[str, ...]
+    policy: Any  # zones.PurposePolicy | None
+    problems: tuple[Problem, ...]
+    computed_labels: Mapping[str, frozenset[str]]
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    def raise_on_errors(self) -> None:
+        if self.errors:
+            raise DagsterBentoProjectError(self.errors)
+
+    @property
+    def upstream_tables(self) -> tuple[str, ...]:
+        written = {t for j in self.jobs for t in j.tables_written}
+        return tuple(sorted({t for j in self.jobs for t in j.tables_read} - written))
+
+    def job(self, name: str) -> BentoJob:
+        for job in self.jobs:
+            if job.name == name:
+                return job
+        raise KeyError(name)
+
+
+def load_config(project_dir: Path) -> tuple[ProjectConfig, list[Problem]]:
+    path = project_dir / CONFIG_FILE
+    if not path.exists():
+        return ProjectConfig(), []
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        return ProjectConfig(), [Problem(CONFIG_FILE, None, "BENTO009", f"is not valid YAML: {err}")]
+    if not isinstance(data, dict):
+        return ProjectConfig(), [Problem(CONFIG_FILE, None, "BENTO009", "must be a mapping")]
+    problems = [Problem(CONFIG_FILE, None, "BENTO009",
+                        f"unknown field {k!r}; allowed: {', '.join(sorted(_CONFIG_KEYS))}")
+                for k in sorted(set(data) - _CONFIG_KEYS)]
+    known = {k: v for k, v in data.items() if k in _CONFIG_KEYS}
+    return ProjectConfig(**known), problems
+
+
+def dialect_for_url(url: str | None) -> str | None:
+    if not url:
+        return "duckdb"
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    return {"duckdb": "duckdb", "postgresql": "postgres", "postgres": "postgres"}.get(scheme, scheme)
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering
+
+
+_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+class RenderError(ValueError):
+    pass
+
+
+def template_context(parameters: Mapping[str, Any], ds: str) -> dict[str, Any]:
+    return {**parameters, "ds": ds, "ds_nodash": ds.replace("-", "")}
+
+
+def render(template: str, context: Mapping[str, Any]) -> str:
+    if "{" not in template:
+        return template
+    try:
+        return _JINJA.from_string(template).render(**context)
+    except jinja2.UndefinedError as err:
+        name = str(err).split("'")[1] if "'" in str(err) else str(err)
+        known = ", ".join(sorted(k for k in context)) or "none"
+        raise RenderError(f"placeholder '{{{{ {name} }}}}' names an unknown parameter; define '{name}' in the "
+                          f"parameters cell or the schedule's parameters (known: {known})") from err
+    except jinja2.TemplateSyntaxError as err:
+        raise RenderError(f"template syntax error on line {err.lineno}: {err.message}") from err
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def find_notebooks(project_dir: Path, notebooks_dir: str = NOTEBOOKS_DIR) -> list[Path]:
+    root = project_dir / notebooks_dir
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+def load_project(project_dir: Path | str, *, schema: Mapping[str, Mapping[str, str]] | None = None,
+                 warehouse_url: str | None = None, use_cache: bool = True,
+                 stored_labels: Mapping[str, frozenset[str]] | None = None) -> BentoProject:
+    """Read the whole project. Never raises for user content: problems are in ``.problems``."""
+    project_dir = Path(project_dir).resolve()
+    config, policy, default_schema, dialect, problems = project_settings(project_dir, warehouse_url)
+    settings = {"schema": default_schema, "dialect": dialect, "v": CACHE_VERSION, "code": _code_fingerprint(),
+                "columns": _hash_obj(schema or {})}
+    cache = _Cache(project_dir, settings) if use_cache else None
+
+    notebooks: list[ParsedNotebook] = []
+    jobs: list[BentoJob] = []
+    drafts: list[str] = []
+    for path in find_notebooks(project_dir, config.notebooks_dir):
+        display = path.relative_to(project_dir).as_posix()
+        spec_file = spec_path_for(path)
+        cached = cache.get(path, spec_file) if cache else None
+        if cached is None:
+            cached = _load_one(path, display, spec_file, project_dir, default_schema, dialect, schema)
+            if cache:
+                cache.put(path, spec_file, cached)
+        parsed, nb_jobs, nb_problems, is_draft = cached
+        notebooks.append(parsed)
+        jobs.extend(nb_jobs)
+        problems.extend(nb_problems)
+        if is_draft:
+            drafts.append(display)
+    if cache:
+        cache.save()
+    problems += _cross_job_problems(jobs)
+    computed: dict[str, frozenset[str]] = {}
+    if policy is not None and jobs:
+        zone_problems, computed = _zone_problems(policy, jobs, stored_labels or {}, config.strict_zones)
+        problems += zone_problems
+    elif policy is None and jobs:
+        problems.append(Problem(POLICY_FILE, None, "PZ009",
+                                f"no {POLICY_FILE} at the project root: purpose zones are not enforced. Add one "
+                                "(see README 'Purpose zones') before scheduling notebooks that read governed data",
+                                severity="warning"))
+    return BentoProject(project_dir, config, default_schema, dialect, tuple(notebooks), tuple(jobs),
+                        tuple(drafts), policy, tuple(sorted(set(problems))), computed)
+
+
+def project_settings(project_dir: Path, warehouse_url: str | None = None
+                     ) -> tuple[ProjectConfig, Any, str, str | None, list[Problem]]:
+    """(config, policy or None, default schema, dialect, problems) — what every notebook is read with."""
+    config, problems = load_config(project_dir)
+    url = warehouse_url or os.environ.get("BENTO_WAREHOUSE_URL") or config.warehouse_url
+    dialect = config.dialect or dialect_for_url(url)
+    policy, policy_problems = _load_policy(project_dir)
+    problems += policy_problems
+    default_schema = (config.default_schema or (policy.default_schema if policy else None)
+                      or ("public" if dialect == "postgres" else "main"))
+    return config, policy, default_schema, dialect, problems
+
+
+def _load_policy(project_dir: Path) -> tuple[Any, list[Problem]]:
+    path = project_dir / POLICY_FILE
+    if not path.exists():
+        return None, []
+    try:
+        return zones.load_policy(path), []
+    except zones.PurposeZoneDefinitionError as err:
+        return None, list(err.problems)
+
+
+def _load_one(path: Path, display: str, spec_file: Path, project_dir: Path, default_schema: str,
+              dialect: str | None, schema: Mapping[str, Mapping[str, str]] | None
+              ) -> tuple[ParsedNotebook, list[BentoJob], list[Problem], bool]:
+    parsed = parse_notebook(path, display)
+    problems = list(parsed.problems)
+    if any(p.code == "BENTO001" for p in problems):
+        return parsed, [], problems, False
+    if not spec_file.exists():
+        problems.append(Problem(display, None, "BENTO000",
+                                f"is a draft: it has no schedule spec {spec_file.name}; add one to schedule it",
+                                severity="warning"))
+        return parsed, [], problems, True
+    spec, spec_problems = load_schedule_spec(spec_file, spec_file.relative_to(project_dir).as_posix(), display)
+    problems += spec_problems
+    if spec is None:
+        return parsed, [], problems, False
+    exemptions, ex_problems = eligibility.parse_exemptions(list(spec.exemptions), notebook=display)
+    problems += ex_problems
+    code = [(c.index, c.source) for c in parsed.code_cells if not c.is_parameters]
+    problems += eligibility.check_notebook_cells(code, notebook=display, exemptions=exemptions)
+    jobs = []
+    for entry in spec.schedules:
+        job, job_problems = resolve_job(parsed, spec, entry, default_schema=default_schema, dialect=dialect,
+                                        schema=schema)
+        problems += job_problems
+        if job is not None:
+            jobs.append(job)
+    return parsed, jobs, problems, False
+
+
+def resolve_job(parsed: ParsedNotebook, spec: ScheduleSpec, entry: ScheduleEntry, *, default_schema: str,
+                dialect: str | None, schema: Mapping[str, Mapping[str, str]] | None = None,
+                ds: str = STATIC_DS) -> tuple[BentoJob | None, list[Problem]]:
+    """Render one schedule entry of a notebook and analyse its SQL. Used at load time and at run time."""
+    nb = parsed.path
+    problems: list[Problem] = []
+    unknown = sorted(set(entry.parameters) - set(parsed.parameters))
+    if unknown:
+        where = (f"the parameters cell (cell {parsed.parameters_cell})" if parsed.parameters_cell is not None
+                 else "a cell tagged 'parameters' (there is none)")
+        problems.append(Problem(nb, parsed.parameters_cell, "BENTO009",
+                                f"schedule {entry.name!r} sets parameter(s) {unknown} that the notebook does not "
+                                f"declare; add them with a default to {where}"))
+    params = {**parsed.parameters, **entry.parameters}
+    context = template_context(params, ds)
+    sql_cells: list[ResolvedSqlCell] = []
+    for cell in parsed.sql_cells:
+        try:
+            sql = render(cell.sql, context)
+            analysis = analyse_query(sql, default_schema=default_schema, dialect=cell.dialect or dialect,
+                                     schema=schema)
+        except RenderError as err:
+            problems.append(Problem(nb, cell.index, "BENTO005", f"schedule {entry.name!r}: {err}"))
+            continue
+        except SqlAnalysisError as err:
+            problems.append(Problem(nb, cell.index, "BENTO004",
+                                    f"{err}; fix the query (schedule {entry.name!r}, dialect {cell.dialect or dialect})"))
+            continue
+        sql_cells.append(ResolvedSqlCell(cell.index, cell.output, cell.sql, sql, analysis.tables,
+                                         analysis.column_lineage, analysis.output_columns, cell.dialect or dialect))
+    write_cells: list[ResolvedWriteCell] = []
+    for cell in parsed.write_cells:
+        try:
+            table = render(cell.table, context)
+        except RenderError as err:
+            problems.append(Problem(nb, cell.index, "BENTO005", f"schedule {entry.name!r}: {err}"))
+            continue
+        parts = [p for p in table.strip().split(".") if p]
+        if len(parts) != 2 or not all(p.replace("_", "").isalnum() for p in parts):
+            problems.append(Problem(nb, cell.index, "BENTO003",
+                                    f"schedule {entry.name!r}: write table {table!r} must render to "
+                                    "'<schema>.<table>' of letters, digits and underscores"))
+            continue
+        if cell.mode == "overwrite_partition" and spec.partitioned is None:
+            problems.append(Problem(nb, cell.index, "BENTO003",
+                                    "mode 'overwrite_partition' replaces the rows of the run's ds; set "
+                                    "'partitioned: daily' in the schedule spec or use overwrite/append"))
+        write_cells.append(ResolvedWriteCell(cell.index, cell.input, cell.table,
+                                             normalise_table(table, default_schema), cell.mode, cell.partition_column))
+    if problems and any(p.severity == "error" for p in problems):
+        return None, problems
+    version = hashlib.sha256(
+        f"{parsed.sha256}:{spec.sha256}:{_hash_obj(params)}".encode()).hexdigest()[:16]
+    job = BentoJob(entry.name, nb, parsed.sha256, spec, entry, params, tuple(sql_cells), tuple(write_cells),
+                   parsed.parameters_cell, version, default_schema, dialect)
+    return job, problems
+
+
+# ---------------------------------------------------------------------------------------------
+# project-wide checks
+
+
+def _cross_job_problems(jobs: Sequence[BentoJob]) -> list[Problem]:
+    problems: list[Problem] = []
+    names: dict[str, BentoJob] = {}
+    for job in jobs:
+        other = names.get(job.name)
+        if other is not None:
+            problems.append(Problem(job.spec.path, None, "BENTO009",
+                                    f"schedule name {job.name!r} is also used by {other.spec.path}; schedule "
+                                    "names are unique project-wide — rename one"))
+        names.setdefault(job.name, job)
+    writers: dict[str, tuple[BentoJob, int]] = {}
+    for job in jobs:
+        for w in job.write_cells:
+            if w.table in writers:
+                other, cell = writers[w.table]
+                problems.append(Problem(job.notebook_path, w.index, "BENTO006",
+                                        f"schedule {job.name!r} writes {w.table}, which schedule {other.name!r} "
+                                        f"({other.notebook_path} cell {cell}) also writes; each table has exactly "
+                                        "one writer — parameterise the table name or merge the schedules",
+                                        table=w.table))
+            else:
+                writers[w.table] = (job, w.index)
+    problems += _cycle_problems(jobs, {t: j.name for t, (j, _c) in writers.items()})
+    return problems
+
+
+def _cycle_problems(jobs: Sequence[BentoJob], writer_of: Mapping[str, str]) -> list[Problem]:
+    by_name = {j.name: j for j in jobs}
+    edges = {j.name: sorted({writer_of[t] for t in j.tables_read if t in writer_of}) for j in jobs}
+    problems: list[Problem] = []
+    reported: set[frozenset[str]] = set()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(name: str) -> None:
+        state[name] = 1
+        stack.append(name)
+        for nxt in edges.get(name, []):
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt):] + [nxt]
+                key = frozenset(cycle)
+                if key not in reported:
+                    reported.add(key)
+                    job = by_name[name]
+                    cell = next((c.index for c in job.sql_cells
+                                 if any(writer_of.get(t) == nxt for t in c.tables)), None)
+                    problems.append(Problem(job.notebook_path, cell, "BENTO007",
+                                            f"dependency cycle between schedules: {' -> '.join(reversed(cycle))} "
+                                            "(each reads a table the next writes); break it by reading a table "
+                                            "produced outside the cycle"))
+            elif state.get(nxt) is None:
+                visit(nxt)
+        stack.pop()
+        state[name] = 2
+
+    for name in sorted(edges):
+        if state.get(name) is None:
+            visit(name)
+    return problems
+
+
+def zone_jobs(jobs: Sequence[BentoJob]) -> list[Any]:
+    return [zones.ZoneJob(name=j.name, notebook_path=j.notebook_path, zone=j.zone,
+                          reads=tuple((c.index, t) for c in j.sql_cells for t in c.tables),
+                          writes=tuple((w.index, w.table, w.mode) for w in j.write_cells))
+            for j in jobs]
+
+
+def _zone_problems(policy: Any, jobs: Sequence[BentoJob], stored: Mapping[str, frozenset[str]],
+                   strict: bool) -> tuple[list[Problem], dict[str, frozenset[str]]]:
+    violations, computed = zones.check_jobs(policy, zone_jobs(jobs), stored=stored, strict=strict)
+    return [v.to_problem() for v in violations], dict(computed)
+
+
+# ---------------------------------------------------------------------------------------------
+# cache
+
+
+def _hash_obj(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@functools.cache
+def _code_fingerprint() -> str:
+    """Hash of the modules whose output is cached, so upgrading dagster-bento invalidates the cache."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in ("notebook.py", "spec.py", "sql.py", "project.py", "eligibility.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+class _Cache:
+    """Parse results keyed by (notebook bytes, spec bytes, settings). One pickle file per project."""
+
+    def __init__(self, project_dir: Path, settings: Mapping[str, Any]):
+        self.path = project_dir / ".bento" / "cache" / "parse.pickle"
+        self.settings = _hash_obj(settings)
+        self.dirty = False
+        try:
+            with self.path.open("rb") as f:
+                stored = pickle.load(f)
+            self.entries: dict[str, Any] = stored if isinstance(stored, dict) else {}
+        except (OSError, pickle.PickleError, EOFError, AttributeError, ImportError):
+            self.entries = {}
+        self.used: set[str] = set()
+
+    def _key(self, nb: Path, spec: Path) -> str:
+        h = hashlib.sha256(self.settings.encode())
+        h.update(nb.read_bytes())
+        h.update(b"\0")
+        h.update(spec.read_bytes() if spec.exists() else b"<draft>")
+        return f"{nb}:{h.hexdigest()}"
+
+    def get(self, nb: Path, spec: Path) -> Any:
+        key = self._key(nb, spec)
+        self.used.add(key)
+        return self.entries.get(key)
+
+    def put(self, nb: Path, spec: Path, value: Any) -> None:
+        self.entries[self._key(nb, spec)] = value
+        self.dirty = True
+
+    def save(self) -> None:
+        if not self.dirty and set(self.entries) == self.used:
+            return
+        keep = {k: v for k, v in self.entries.items() if k in self.used}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            with tmp.open("wb") as f:
+                pickle.dump(keep, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a read-only project still loads, just without the cache

@@ -1,0 +1,60 @@
+"""The Dagster resource that runs notebooks. The asset body is one line:
+``yield from bento.run(context=context, job=job).stream()``."""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from dagster_bento.spec import BentoJob
+
+
+class BentoResource(dg.ConfigurableResource):
+    """How notebooks run: warehouse, sandbox, limits, artifacts and lineage."""
+
+    project_dir: str = Field(description="Project root holding notebooks/, purpose_zones.yaml and bento.yaml.")
+    warehouse_url: str = Field(description="SQLAlchemy-style URL: duckdb:///path.duckdb or postgresql://user@host/db.")
+    artifacts_dir: str = Field(default=".bento/artifacts",
+                               description="Where executed notebooks (.ipynb + .html) are kept, one per run id; "
+                                           "relative to project_dir.")
+    run_root: str | None = Field(default=None,
+                                 description="Parent of the per-run work directories (default: the system temp "
+                                             "dir). Each run's directory is deleted after the run.")
+    sandbox: str = Field(default="bwrap", description="bwrap (default), docker, or none (local development only; "
+                                                      "logged loudly on every run).")
+    docker_image: str | None = Field(default=None, description="Image for sandbox=docker.")
+    timeout_seconds: float = Field(default=1800.0, description="Wall-clock limit of the notebook execution.")
+    memory_limit_mb: int = Field(default=4096, description="Memory limit of the notebook's kernel.")
+    data_format: str = Field(default="parquet", description="parquet (typed, default) or csv (the seed's format).")
+    lineage_transport: str = Field(default="file", description="OpenLineage transport: file, http, console or none.")
+    lineage_url: str | None = Field(default=None, description="OpenLineage HTTP endpoint (Marquez-compatible).")
+    lineage_file: str | None = Field(default=None, description="OpenLineage JSONL file; default "
+                                                               "<artifacts_dir>/openlineage.jsonl.")
+    html: bool = Field(default=True, description="Also keep an HTML rendering of each executed notebook.")
+
+    @classmethod
+    def for_project(cls, project: Any, *, warehouse_url: str) -> "BentoResource":
+        config = project.config
+        lineage = dict(config.lineage or {})
+        return cls(
+            project_dir=str(project.project_dir), warehouse_url=warehouse_url,
+            artifacts_dir=os.environ.get("BENTO_ARTIFACTS_DIR", config.artifacts_dir),
+            sandbox=os.environ.get("BENTO_SANDBOX", config.sandbox),
+            timeout_seconds=config.timeout_seconds, memory_limit_mb=config.memory_limit_mb,
+            data_format=config.data_format,
+            lineage_transport=os.environ.get("BENTO_LINEAGE_TRANSPORT", lineage.get("transport", "file")),
+            lineage_url=os.environ.get("BENTO_LINEAGE_URL", lineage.get("url")),
+            lineage_file=lineage.get("file"),
+        )
+
+    @property
+    def artifacts_path(self) -> Path:
+        path = Path(self.artifacts_dir)
+        return path if path.is_absolute() else Path(self.project_dir) / path
+
+    def run(self, *, context: dg.AssetExecutionContext, job: BentoJob) -> "Any":
+        from dagster_bento.execution.runner import BentoInvocation
+
+        return BentoInvocation(resource=self, context=context, job=job)

@@ -1,0 +1,122 @@
+"""SQL analysis with sqlglot: the tables a query reads and, where resolvable, its column lineage.
+
+Zone checks and the asset graph use *every* physical table a query touches (joins, subqueries, CTE
+bodies, UNION arms, WHERE-only tables) — not only the ones that feed output columns — so a table used
+only in a filter still counts as read. CTE names are not tables.
+"""
+
+import dataclasses
+from collections.abc import Mapping
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, SqlglotError
+from sqlglot.optimizer.qualify import qualify
+from sqlglot.optimizer.scope import traverse_scope
+
+
+class SqlAnalysisError(ValueError):
+    """The SQL does not parse or is not a single read-only query."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SqlAnalysis:
+    tables: tuple[str, ...]  # sorted, normalised "schema.table"
+    # output column -> sorted ((table, column), ...) it derives from, DIRECT lineage only
+    column_lineage: Mapping[str, tuple[tuple[str, str], ...]]
+    output_columns: tuple[str, ...]  # () when not resolvable (e.g. SELECT * without a schema)
+
+
+def normalise_table(name: str, default_schema: str) -> str:
+    """``"CORE"."Users"`` / ``users`` → ``core.users``. Catalog parts are dropped."""
+    parts = [p.strip().strip('"').strip("`").lower() for p in name.split(".") if p.strip()]
+    if len(parts) == 1:
+        parts = [default_schema.lower(), parts[0]]
+    return ".".join(parts[-2:])
+
+
+def _table_name(table: exp.Table, default_schema: str) -> str:
+    schema = (table.db or default_schema).lower()
+    return f"{schema}.{table.name.lower()}"
+
+
+def parse_query(sql: str, dialect: str | None) -> exp.Expression:
+    try:
+        statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
+    except ParseError as err:
+        first = err.errors[0] if err.errors else {}
+        where = f" (line {first.get('line')}, column {first.get('col')})" if first.get("line") else ""
+        detail = first.get("description") or str(err).splitlines()[0]
+        raise SqlAnalysisError(f"SQL does not parse{where}: {detail}") from err
+    except SqlglotError as err:
+        raise SqlAnalysisError(f"SQL does not parse: {str(err).splitlines()[0]}") from err
+    if not statements:
+        raise SqlAnalysisError("SQL cell holds no statement; write a SELECT query")
+    if len(statements) > 1:
+        raise SqlAnalysisError(f"SQL cell holds {len(statements)} statements; a SQL cell is one SELECT query")
+    stmt = statements[0]
+    if not isinstance(stmt, exp.Query):
+        raise SqlAnalysisError(
+            f"SQL cell is a {stmt.key.upper()} statement; SQL cells only read (SELECT/WITH …). "
+            "Write data with a write cell instead")
+    return stmt
+
+
+def tables_read(ast: exp.Expression, default_schema: str, dialect: str | None = None) -> tuple[str, ...]:
+    found: set[str] = set()
+    try:
+        qualified = qualify(ast.copy(), dialect=dialect, db=default_schema, validate_qualify_columns=False,
+                            quote_identifiers=False, expand_stars=False, qualify_columns=False)
+        for scope in traverse_scope(qualified):
+            for _alias, (_node, source) in scope.selected_sources.items():
+                if isinstance(source, exp.Table):
+                    found.add(_table_name(source, default_schema))
+    except SqlglotError:
+        found.clear()
+    # Scope analysis misses tables in a few shapes (e.g. some set operations); union with a plain walk
+    # minus CTE names so nothing read is ever left out.
+    cte_names = {cte.alias_or_name.lower() for cte in ast.find_all(exp.CTE)}
+    for table in ast.find_all(exp.Table):
+        if not table.name:
+            continue
+        if not table.db and table.name.lower() in cte_names:
+            continue
+        found.add(_table_name(table, default_schema))
+    return tuple(sorted(found))
+
+
+def column_lineage(ast: exp.Expression, *, default_schema: str, dialect: str | None,
+                   schema: Mapping[str, Mapping[str, str]] | None = None
+                   ) -> tuple[tuple[str, ...], dict[str, tuple[tuple[str, str], ...]]]:
+    """Best-effort DIRECT column lineage. Returns ((), {}) when columns cannot be resolved."""
+    from sqlglot.lineage import lineage
+
+    nested: dict[str, dict[str, dict[str, str]]] = {}
+    for table, cols in (schema or {}).items():
+        s, t = normalise_table(table, default_schema).split(".")
+        nested.setdefault(s, {})[t] = dict(cols)
+    try:
+        nodes = lineage(None, ast, schema=nested, dialect=dialect, db=default_schema)
+    except (SqlglotError, KeyError, ValueError, AttributeError, TypeError):
+        return (), {}
+    if not isinstance(nodes, dict):
+        return (), {}
+    out: dict[str, tuple[tuple[str, str], ...]] = {}
+    for col, node in nodes.items():
+        if col == "*":
+            return (), {}
+        deps = set()
+        for n in node.walk():
+            if not n.downstream and isinstance(n.source, exp.Table):
+                deps.add((_table_name(n.source, default_schema), n.name.split(".")[-1].strip('"').lower()))
+        if deps:
+            out[col] = tuple(sorted(deps))
+    return tuple(nodes), out
+
+
+def analyse_query(sql: str, *, default_schema: str, dialect: str | None,
+                  schema: Mapping[str, Mapping[str, str]] | None = None) -> SqlAnalysis:
+    ast = parse_query(sql, dialect)
+    tables = tables_read(ast, default_schema, dialect)
+    columns, lineage_map = column_lineage(ast, default_schema=default_schema, dialect=dialect, schema=schema)
+    return SqlAnalysis(tables, lineage_map, columns)

@@ -1,0 +1,1373 @@
+"""Warehouses: where SQL cells' queries run and where write cells' outputs are loaded.
+
+A warehouse is configured by a SQLAlchemy-style URL and handed out by :func:`warehouse_from_url`:
+
+* ``duckdb:///path/to/file.duckdb`` (a relative path is resolved against the current directory when the
+  warehouse is created; ``duckdb:///:memory:`` is a private in-memory database, for tests). An optional
+  ``?lock_timeout=SECONDS`` sets how long to wait for another process's write (default 300 s).
+* ``postgresql://user:password@host:port/db`` (``postgresql+psycopg://`` and ``postgresql+adbc://`` are
+  accepted too; the driver part is ignored, everything goes through ADBC).
+
+Data moves as files, never through ``pandas.read_sql``/``to_sql``:
+
+* ``fetch`` runs one query and writes its result to a Parquet file (DuckDB ``COPY``-style
+  ``relation.to_parquet``; PostgreSQL ADBC record batches streamed into ``pyarrow.parquet``). The query runs
+  read-only: DuckDB opens the file ``read_only=True``, PostgreSQL runs it in a ``READ ONLY`` transaction.
+* ``upload`` loads the Parquet files written by write cells. All requests of one call commit in ONE
+  transaction: every table is loaded or none is. Each file is validated before anything is written.
+
+Parquet is lossless (nullable 64-bit integers, time zones, ``''`` vs NULL all survive when the notebook reads
+with ``pd.read_parquet(path, dtype_backend="pyarrow")``). CSV is opt-in (``fmt="csv"``) and is written and read
+with ``pyarrow.csv`` plus a ``<file>.schema.json`` sidecar holding each column's Arrow type, so types round-trip;
+see :func:`read_csv_with_schema` for its one limitation (empty string vs NULL).
+
+Concurrency: DuckDB lets only one process open a file read-write, so every write transaction holds an
+exclusive ``fcntl.flock`` on the sidecar ``<db>.bento.lock`` and reads hold a shared one (DuckDB also refuses
+a read-only open while another process has the file open for writing). PostgreSQL uploads take
+``pg_advisory_xact_lock(hashtext('bento:' || table))`` for every target table, in sorted order.
+
+Purpose-zone labels live in the warehouse itself, in ``bento_meta.table_labels``, and are upserted in the
+same transaction as the data; every load also records a row in ``bento_meta.landings``.
+"""
+
+import abc
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import adbc_driver_postgresql.dbapi as pg_dbapi
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlglot.dialects.dialect import Dialect
+from sqlglot.errors import SqlglotError
+from sqlglot.tokens import TokenType
+
+from dagster_bento.errors import DagsterBentoFetchError, DagsterBentoOutputError, DagsterBentoUploadError
+
+UploadMode = Literal["overwrite", "append", "overwrite_partition"]
+FileFormat = Literal["parquet", "csv"]
+
+META_SCHEMA = "bento_meta"
+LABELS_TABLE = f"{META_SCHEMA}.table_labels"
+LANDINGS_TABLE = f"{META_SCHEMA}.landings"
+CSV_SCHEMA_SUFFIX = ".schema.json"
+DUCKDB_LOCK_SUFFIX = ".bento.lock"
+
+_PANDAS_INDEX_COLUMN = re.compile(r"__index_level_\d+__")
+_UPLOAD_BATCH_ROWS = 128 * 1024
+
+
+# --------------------------------------------------------------------------------------------------
+# Public records
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnInfo:
+    name: str
+    type: str  # warehouse type name as text, e.g. "BIGINT" (DuckDB) or "bigint" (PostgreSQL)
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchResult:
+    path: Path
+    rows: int
+    columns: tuple[ColumnInfo, ...]
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadRequest:
+    table: str  # "schema.table" (normalised, lower case); a bare name goes to the default schema
+    path: Path  # a Parquet (or CSV, see fmt) file written by the notebook
+    mode: UploadMode = "overwrite"
+    partition_column: str = "ds"
+    partition_value: str | None = None  # required for overwrite_partition, e.g. "2024-01-31"
+    label: frozenset[str] | None = None  # purpose-zone label stored atomically with the data
+    label_origin: str = "derived"  # e.g. "derived", "reclassified"
+    notebook: str = ""
+    cell: int | None = None
+    fmt: FileFormat = "parquet"
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadResult:
+    table: str
+    rows_written: int
+    rows_in_table: int
+    columns: tuple[ColumnInfo, ...]
+    seconds: float
+
+
+# --------------------------------------------------------------------------------------------------
+# The interface
+
+
+class Warehouse(abc.ABC):
+    """Where SQL cells run and write cells land. Subclass it and call :func:`register_warehouse` to add one."""
+
+    kind: str  # "duckdb" | "postgres"; used as a Dagster asset kind
+    dialect: str  # sqlglot dialect name
+    url: str  # password masked, for display
+
+    @abc.abstractmethod
+    def fetch(
+        self, sql: str, path: Path, *, fmt: FileFormat = "parquet", notebook: str = "", cell: int | None = None
+    ) -> FetchResult:
+        """Run one query and write its result to ``path``; raise DagsterBentoFetchError on failure."""
+
+    @abc.abstractmethod
+    def table_columns(self, table: str) -> tuple[ColumnInfo, ...] | None:
+        """Columns of ``table`` in order, or None when it does not exist."""
+
+    def table_exists(self, table: str) -> bool:
+        return self.table_columns(table) is not None
+
+    @abc.abstractmethod
+    def upload(
+        self, requests: Sequence[UploadRequest], *, run_id: str, notebook: str = ""
+    ) -> list[UploadResult]:
+        """Load every request in one transaction: all tables or none."""
+
+    @abc.abstractmethod
+    def read_labels(self, tables: Iterable[str]) -> dict[str, frozenset[str]]:
+        """Stored purpose-zone labels; tables without a stored label are absent."""
+
+    @abc.abstractmethod
+    def table_schemas(self) -> dict[str, dict[str, str]]:
+        """``{"schema.table": {column: type}}`` of every user table and view (for sqlglot lineage)."""
+
+    def last_modified(self, tables: Iterable[str]) -> dict[str, str | None]:
+        """When each table last landed through :meth:`upload` (ISO 8601, UTC), None when never."""
+        return {t: None for t in tables}
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+    def __enter__(self) -> "Warehouse":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+
+
+WarehouseFactory = Callable[[str], Warehouse]
+_SCHEME_ALIASES = {"postgres": "postgresql"}
+
+
+def register_warehouse(scheme: str, factory: WarehouseFactory) -> None:
+    """Make ``warehouse_from_url`` hand URLs whose scheme is ``scheme`` (e.g. ``"snowflake"``) to ``factory``."""
+    _FACTORIES[scheme.lower()] = factory
+
+
+def warehouse_from_url(url: str) -> Warehouse:
+    """Create the warehouse a URL names (``duckdb:///file.duckdb``, ``postgresql://user@host:5432/db``, ...)."""
+    parsed = _parse_url(url)
+    scheme = parsed.drivername.lower()
+    backend = scheme.split("+", 1)[0]
+    backend = _SCHEME_ALIASES.get(backend, backend)
+    factory = _FACTORIES.get(scheme) or _FACTORIES.get(backend)
+    if factory is None:
+        known = ", ".join(sorted(_FACTORIES))
+        raise ValueError(
+            f"No warehouse is registered for URL scheme {scheme!r} (in {parsed.render_as_string(hide_password=True)}). "
+            f"Known schemes: {known}. Use one of them, or call "
+            "dagster_bento.warehouse.register_warehouse(scheme, factory) first."
+        )
+    return factory(url)
+
+
+def _parse_url(url: str) -> URL:
+    try:
+        return make_url(url)
+    except ArgumentError as err:
+        raise ValueError(
+            f"Cannot parse the warehouse URL {url!r}: {err}. "
+            "Write it like duckdb:///warehouse.duckdb or postgresql://user@host:5432/db."
+        ) from err
+
+
+# --------------------------------------------------------------------------------------------------
+# Small SQL helpers
+
+
+def normalize_table_name(table: str, default_schema: str) -> str:
+    """``"Sales.Orders"`` -> ``"sales.orders"``; a bare name goes to ``default_schema``."""
+    parts = [part.strip().strip('"').lower() for part in table.strip().split(".")]
+    if len(parts) == 1:
+        parts.insert(0, default_schema)
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"table name {table!r} is not of the form 'schema.table'")
+    return ".".join(parts)
+
+
+def _split_table(table: str) -> tuple[str, str]:
+    schema, _, name = table.partition(".")
+    return schema, name
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _qualified(table: str) -> str:
+    schema, name = _split_table(table)
+    return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class _SqlShapeError(ValueError):
+    """The SQL text is empty or holds more than one statement."""
+
+
+def single_statement(sql: str, dialect: str) -> str:
+    """Return ``sql`` without its trailing semicolon(s) and comments; refuse empty or multi-statement text."""
+    text = sql.strip()
+    try:
+        tokens = Dialect.get_or_raise(dialect).tokenize(text)
+    except SqlglotError:
+        return text.rstrip(";").strip()  # let the database report what is wrong with it
+    content = [t for t in tokens if t.token_type != TokenType.SEMICOLON]
+    if not content:
+        raise _SqlShapeError("the query is empty")
+    end = max(t.end for t in content)
+    if any(t.token_type == TokenType.SEMICOLON and t.start < end for t in tokens):
+        raise _SqlShapeError(
+            "the SQL holds more than one statement; a SQL cell must be exactly one query "
+            "(split it into several SQL cells, or use a CTE)"
+        )
+    return text[: end + 1]
+
+
+def _db_message(err: BaseException) -> str:
+    """The database's own message, compacted to one paragraph."""
+    text = str(err).strip()
+    marker = text.find("ERROR:")
+    if marker >= 0:
+        text = text[marker + len("ERROR:") :]
+    text = " ".join(text.split())
+    return text[:2000] or type(err).__name__
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _iso_utc(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.isoformat()
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Type families: is an output column compatible with an existing table column?
+
+_INTEGER_NAMES = {
+    "tinyint", "smallint", "integer", "int", "bigint", "hugeint", "utinyint", "usmallint", "uinteger",
+    "ubigint", "uhugeint", "int1", "int2", "int4", "int8", "int16", "int32", "int64", "serial", "bigserial",
+    "smallserial", "long", "short", "signed",
+}  # fmt: skip
+_FLOAT_NAMES = {"real", "float", "float4", "float8", "double", "double precision"}
+_STRING_NAMES = {"varchar", "text", "char", "character", "character varying", "bpchar", "string", "name", "citext"}
+_TIMESTAMP_NAMES = {
+    "timestamp", "timestamp without time zone", "datetime", "timestamp_ns", "timestamp_ms", "timestamp_s",
+    "timestamp_us",
+}  # fmt: skip
+_TIMESTAMPTZ_NAMES = {"timestamp with time zone", "timestamptz"}
+_SIMPLE_FAMILIES = {
+    "boolean": "boolean", "bool": "boolean", "date": "date", "decimal": "decimal", "numeric": "decimal",
+    "blob": "binary", "bytea": "binary", "varbinary": "binary", "binary": "binary", "uuid": "uuid",
+    "json": "json", "jsonb": "json", "interval": "interval", "time": "time", "time without time zone": "time",
+    "time with time zone": "time", "timetz": "time",
+}  # fmt: skip
+# (output family, table family) pairs the database casts without losing meaning.
+_WIDENINGS = {
+    ("integer", "float"), ("integer", "decimal"), ("decimal", "float"), ("float", "decimal"),
+    ("string", "uuid"), ("string", "json"), ("uuid", "string"),
+}  # fmt: skip
+
+
+def warehouse_type_family(type_text: str) -> str:
+    """Coarse family of a DuckDB/PostgreSQL type name: integer, float, string, timestamptz, nested, ..."""
+    text = type_text.strip().lower()
+    if re.search(r"\[\d*\]$", text) or text.startswith(("struct", "map", "union", "list", "_")):
+        return "nested"
+    base = re.sub(r"\(.*?\)", "", text).strip()
+    if base in _INTEGER_NAMES:
+        return "integer"
+    if base in _FLOAT_NAMES:
+        return "float"
+    if base in _STRING_NAMES:
+        return "string"
+    if base in _TIMESTAMP_NAMES:
+        return "timestamp"
+    if base in _TIMESTAMPTZ_NAMES:
+        return "timestamptz"
+    return _SIMPLE_FAMILIES.get(base, "other")
+
+
+def arrow_type_family(arrow_type: pa.DataType) -> str:
+    """Coarse family of an Arrow type, comparable with :func:`warehouse_type_family`."""
+    t = arrow_type
+    if pa.types.is_dictionary(t):
+        return arrow_type_family(t.value_type)
+    if isinstance(t, pa.ExtensionType):
+        name = t.extension_name
+        if name == "arrow.uuid":
+            return "uuid"
+        if name == "arrow.json":
+            return "json"
+        return arrow_type_family(t.storage_type)
+    checks: list[tuple[Callable[[pa.DataType], bool], str]] = [
+        (pa.types.is_null, "null"),
+        (pa.types.is_boolean, "boolean"),
+        (pa.types.is_integer, "integer"),
+        (pa.types.is_floating, "float"),
+        (pa.types.is_decimal, "decimal"),
+        (lambda x: pa.types.is_string(x) or pa.types.is_large_string(x) or pa.types.is_string_view(x), "string"),
+        (lambda x: pa.types.is_binary(x) or pa.types.is_large_binary(x) or pa.types.is_fixed_size_binary(x), "binary"),
+        (pa.types.is_date, "date"),
+        (pa.types.is_time, "time"),
+        (lambda x: pa.types.is_duration(x) or pa.types.is_interval(x), "interval"),
+        (pa.types.is_nested, "nested"),
+    ]
+    if pa.types.is_timestamp(t):
+        return "timestamptz" if t.tz else "timestamp"
+    for check, family in checks:
+        if check(t):
+            return family
+    return "other"
+
+
+def families_compatible(output_family: str, table_family: str) -> bool:
+    if output_family == table_family or output_family == "null":
+        return True
+    if "other" in (output_family, table_family):
+        return True  # unknown to us: let the database decide (its error rolls the upload back)
+    return (output_family, table_family) in _WIDENINGS
+
+
+def arrow_type_for_warehouse_type(type_text: str) -> pa.DataType | None:
+    """The Arrow type a CSV column must be parsed as to fit a warehouse column; None when unknown."""
+    text = type_text.strip().lower()
+    base = re.sub(r"\(.*?\)", "", text).strip()
+    exact: dict[str, pa.DataType] = {
+        "bigint": pa.int64(), "int8": pa.int64(), "long": pa.int64(), "integer": pa.int32(), "int": pa.int32(),
+        "int4": pa.int32(), "smallint": pa.int16(), "int2": pa.int16(), "tinyint": pa.int8(),
+        "double": pa.float64(), "double precision": pa.float64(), "float8": pa.float64(), "real": pa.float32(),
+        "float4": pa.float32(), "float": pa.float32(), "boolean": pa.bool_(), "bool": pa.bool_(),
+        "date": pa.date32(), "timestamp_ns": pa.timestamp("ns"), "timestamp_ms": pa.timestamp("ms"),
+        "timestamp_s": pa.timestamp("s"),
+    }  # fmt: skip
+    if base in exact:
+        return exact[base]
+    family = warehouse_type_family(text)
+    if family == "string":
+        return pa.string()
+    if family == "timestamp":
+        return pa.timestamp("us")
+    if family == "timestamptz":
+        return pa.timestamp("us", tz="UTC")
+    decimal = re.fullmatch(r"(?:decimal|numeric)\((\d+),\s*(\d+)\)", text)
+    if decimal and int(decimal.group(1)) <= 38:
+        return pa.decimal128(int(decimal.group(1)), int(decimal.group(2)))
+    return None
+
+
+def arrow_type_from_string(text: str) -> pa.DataType | None:
+    """Parse ``str(arrow_type)`` back (``int64``, ``timestamp[us, tz=UTC]``, ``decimal128(10, 2)``, ...)."""
+    text = text.strip()
+    with contextlib.suppress(ValueError, KeyError):
+        return pa.type_for_alias(text)
+    stamp = re.fullmatch(r"timestamp\[(s|ms|us|ns)(?:, tz=(.+))?\]", text)
+    if stamp:
+        return pa.timestamp(stamp.group(1), tz=stamp.group(2))
+    decimal = re.fullmatch(r"decimal(128|256)\((\d+), (\d+)\)", text)
+    if decimal:
+        make = pa.decimal128 if decimal.group(1) == "128" else pa.decimal256
+        return make(int(decimal.group(2)), int(decimal.group(3)))
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# CSV with a type sidecar
+
+
+def csv_schema_path(path: Path) -> Path:
+    return Path(str(path) + CSV_SCHEMA_SUFFIX)
+
+
+def write_csv_with_schema(data: pa.Table | pa.RecordBatchReader, path: Path) -> int:
+    """Write ``data`` as CSV (header, every string quoted, NULL as an empty unquoted field) plus the
+    ``<path>.schema.json`` sidecar mapping each column to its Arrow type. Returns the number of rows."""
+    reader = data.to_reader() if isinstance(data, pa.Table) else data
+    rows = 0
+    with pcsv.CSVWriter(str(path), reader.schema) as writer:
+        for batch in reader:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    sidecar = {"format": "dagster-bento.csv-schema/1", "columns": {f.name: str(f.type) for f in reader.schema}}
+    csv_schema_path(path).write_text(json.dumps(sidecar, indent=1))
+    return rows
+
+
+def read_csv_sidecar(path: Path) -> dict[str, pa.DataType] | None:
+    """Column types from ``<path>.schema.json``; None when there is no sidecar."""
+    sidecar = csv_schema_path(path)
+    if not sidecar.exists():
+        return None
+    columns = json.loads(sidecar.read_text()).get("columns", {})
+    parsed = {name: arrow_type_from_string(str(text)) for name, text in columns.items()}
+    return {name: t for name, t in parsed.items() if t is not None}
+
+
+def read_csv_with_schema(path: Path, column_types: Mapping[str, pa.DataType] | None = None) -> pa.Table:
+    """Read a CSV written by :func:`write_csv_with_schema` (or pandas ``to_csv(index=False)``).
+
+    ``column_types`` fixes the type of the columns it names (others are inferred). Strings may hold commas,
+    quotes and newlines. Known limitation of CSV: an empty unquoted field is read as NULL and a quoted empty
+    field (``""``) as the empty string. pyarrow's writer quotes every string, so its files keep ``''`` apart
+    from NULL; pandas ``to_csv`` writes both as an empty unquoted field, so ``''`` comes back as NULL.
+    Use Parquet when that matters.
+    """
+    convert = pcsv.ConvertOptions(
+        column_types=dict(column_types or {}),
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+        true_values=["true", "True", "TRUE", "t", "1"],
+        false_values=["false", "False", "FALSE", "f", "0"],
+    )
+    parse = pcsv.ParseOptions(newlines_in_values=True)
+    return pcsv.read_csv(str(path), parse_options=parse, convert_options=convert)
+
+
+# --------------------------------------------------------------------------------------------------
+# Output validation (no warehouse writes happen here)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PreparedUpload:
+    request: UploadRequest
+    table: str  # normalised "schema.table"
+    parquet: Path  # the Parquet file to load (the request's own file, or its CSV converted)
+    schema: pa.Schema  # data columns only (pandas index columns dropped, no metadata)
+    rows: int
+    notebook: str
+
+    @property
+    def mode(self) -> UploadMode:
+        return self.request.mode
+
+    def where(self) -> str:
+        return _cell_ref("write", self.notebook, self.request.cell)
+
+
+class _InjectedFailure(RuntimeError):
+    """Raised by the private ``_fail_after`` test hook inside the upload transaction."""
+
+
+def _cell_ref(kind: str, notebook: str, cell: int | None) -> str:
+    nb = notebook or "the notebook"
+    return f"{kind} cell {cell} of {nb}" if cell is not None else f"a {kind} cell of {nb}"
+
+
+def _output_error(p_request: UploadRequest, notebook: str, message: str, **metadata: Any) -> DagsterBentoOutputError:
+    md = {"table": p_request.table, "path": str(p_request.path), **metadata}
+    return DagsterBentoOutputError(message, notebook=notebook or None, cell=p_request.cell, metadata=md)
+
+
+def _prepare_uploads(
+    requests: Sequence[UploadRequest],
+    *,
+    notebook: str,
+    default_schema: str,
+    table_columns: Callable[[str], tuple[ColumnInfo, ...] | None],
+    tmpdir: Path,
+) -> list[_PreparedUpload]:
+    prepared = []
+    for index, request in enumerate(requests):
+        nb = request.notebook or notebook
+        prepared.append(_prepare_one(request, nb, default_schema, table_columns, tmpdir / f"{index}.parquet"))
+    return prepared
+
+
+def _prepare_one(
+    request: UploadRequest,
+    notebook: str,
+    default_schema: str,
+    table_columns: Callable[[str], tuple[ColumnInfo, ...] | None],
+    converted: Path,
+) -> _PreparedUpload:
+    where = _cell_ref("write", notebook, request.cell)
+    try:
+        table = normalize_table_name(request.table, default_schema)
+    except ValueError as err:
+        raise _output_error(request, notebook, f"{where} declares an invalid table: {err}.") from err
+    path = Path(request.path)
+    if not path.is_file():
+        raise _output_error(
+            request,
+            notebook,
+            f"{where} did not write {path} (for table {table}); the cell must run to the end and write the "
+            "file, e.g. df.to_parquet(path, index=False). Check that it does not return early or write elsewhere.",
+        )
+    if request.fmt == "csv":
+        path = _convert_csv(request, notebook, table, table_columns, converted)
+    schema, rows = _read_parquet_shape(request, notebook, table, path)
+    _check_unique_columns(request, notebook, table, schema)
+    if request.mode == "overwrite_partition":
+        _check_partition(request, notebook, table, path, schema)
+    return _PreparedUpload(request, table, path, schema, rows, notebook)
+
+
+def _read_parquet_shape(request: UploadRequest, notebook: str, table: str, path: Path) -> tuple[pa.Schema, int]:
+    where = _cell_ref("write", notebook, request.cell)
+    try:
+        parquet = pq.ParquetFile(path)
+        full = parquet.schema_arrow
+        rows = parquet.metadata.num_rows
+    except (pa.ArrowException, OSError) as err:
+        raise _output_error(
+            request,
+            notebook,
+            f"{where} wrote {request.path} for table {table}, but it is not a readable Parquet file: {err}. "
+            "Write it with df.to_parquet(path, index=False).",
+        ) from err
+    fields = [f.remove_metadata() for f in full if not _PANDAS_INDEX_COLUMN.fullmatch(f.name)]
+    return pa.schema(fields), rows
+
+
+def _check_unique_columns(request: UploadRequest, notebook: str, table: str, schema: pa.Schema) -> None:
+    lowered = [n.lower() for n in schema.names]
+    dupes = sorted({n for n in schema.names if lowered.count(n.lower()) > 1})
+    if dupes:
+        raise _output_error(
+            request,
+            notebook,
+            f"{_cell_ref('write', notebook, request.cell)} wrote duplicate column names for table {table}: "
+            f"{', '.join(dupes)}. Rename them in the notebook so every column name is unique.",
+        )
+
+
+def _convert_csv(
+    request: UploadRequest,
+    notebook: str,
+    table: str,
+    table_columns: Callable[[str], tuple[ColumnInfo, ...] | None],
+    converted: Path,
+) -> Path:
+    """Read the CSV with known column types (sidecar first, else the existing table's) into a Parquet file."""
+    types = read_csv_sidecar(Path(request.path))
+    from_table = types is None
+    if types is None:
+        existing = table_columns(table) or ()
+        mapped = {c.name: arrow_type_for_warehouse_type(c.type) for c in existing}
+        types = {name: t for name, t in mapped.items() if t is not None}
+    try:
+        try:
+            data = read_csv_with_schema(Path(request.path), types)
+        except pa.ArrowInvalid:
+            if not (from_table and types and request.mode == "overwrite"):
+                raise
+            data = read_csv_with_schema(Path(request.path))  # overwrite may change types: infer them
+        pq.write_table(data, converted)
+    except (pa.ArrowException, OSError) as err:
+        raise _output_error(
+            request,
+            notebook,
+            f"{_cell_ref('write', notebook, request.cell)} wrote {request.path} for table {table}, but it cannot "
+            f"be read as CSV with the expected column types: {err}. Write Parquet instead "
+            "(df.to_parquet(path, index=False)), or fix the values of that column.",
+        ) from err
+    return converted
+
+
+def _check_partition(request: UploadRequest, notebook: str, table: str, path: Path, schema: pa.Schema) -> None:
+    where = _cell_ref("write", notebook, request.cell)
+    column, value = request.partition_column, request.partition_value
+    if value is None:
+        raise _output_error(
+            request,
+            notebook,
+            f"{where} writes table {table} with mode 'overwrite_partition' but no partition value was given; "
+            "pass the partition key (e.g. '2024-01-31') or use mode 'append' or 'overwrite'.",
+        )
+    if column not in schema.names:
+        raise _output_error(
+            request,
+            notebook,
+            f"{where} writes table {table} with mode 'overwrite_partition' on column {column!r}, but the output "
+            f"has no such column (it has: {', '.join(schema.names)}). Add df[{column!r}] = {value!r} in the "
+            "notebook before writing.",
+        )
+    values = pq.read_table(path, columns=[column]).column(0)
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    try:
+        expected = pc.cast(pa.array([value]), values.type)[0]
+    except pa.ArrowException as err:
+        raise _output_error(
+            request,
+            notebook,
+            f"{where}: the partition value {value!r} cannot be read as the type of column {column!r} "
+            f"({values.type}) in the output for table {table}: {err}.",
+        ) from err
+    equal = pc.fill_null(pc.equal(values, expected), False)
+    bad = len(values) - pc.sum(equal).as_py() if len(values) else 0
+    if bad:
+        samples = pc.unique(pc.filter(values, pc.invert(equal))).to_pylist()[:5]
+        raise _output_error(
+            request,
+            notebook,
+            f"{where} writes partition {column}={value!r} of table {table}, but {bad} of {len(values)} rows "
+            f"have another {column} (e.g. {', '.join(map(repr, samples))}). Filter the output to that "
+            f"partition, or set df[{column!r}] = {value!r}, in the notebook.",
+        )
+
+
+def _check_columns(p: _PreparedUpload, existing: tuple[ColumnInfo, ...] | None, *, case_insensitive: bool) -> None:
+    """For append / overwrite_partition into an existing table, the output must have the table's columns."""
+    if existing is None or p.mode == "overwrite":
+        return
+
+    def key(name: str) -> str:
+        return name.lower() if case_insensitive else name
+
+    table_cols = {key(c.name): c for c in existing}
+    out_cols = {key(f.name): f for f in p.schema}
+    missing = [table_cols[k].name for k in table_cols if k not in out_cols]
+    extra = [out_cols[k].name for k in out_cols if k not in table_cols]
+    mismatched = [
+        f"{out_cols[k].name} (output {out_cols[k].type}, table {table_cols[k].type})"
+        for k in out_cols
+        if k in table_cols
+        and not families_compatible(arrow_type_family(out_cols[k].type), warehouse_type_family(table_cols[k].type))
+    ]
+    if not (missing or extra or mismatched):
+        return
+    lines = [f"{p.where()} does not fit table {p.table} (mode '{p.mode}'):"]
+    if missing:
+        lines.append(f"  missing columns (in the table, not in the output): {', '.join(missing)}")
+    if extra:
+        lines.append(f"  extra columns (in the output, not in the table): {', '.join(extra)}")
+    if mismatched:
+        lines.append(f"  columns with incompatible types: {', '.join(mismatched)}")
+    lines.append(
+        "Rename or cast the columns in the notebook so they match the table, "
+        "or use mode 'overwrite' to replace the table with the new columns. Nothing was written."
+    )
+    raise _output_error(
+        p.request,
+        p.notebook,
+        "\n".join(lines),
+        missing_columns=", ".join(missing),
+        extra_columns=", ".join(extra),
+        mismatched_columns=", ".join(mismatched),
+    )
+
+
+def _maybe_inject(fail_after: int | None, loaded: int) -> None:
+    if fail_after is not None and loaded >= fail_after:
+        raise _InjectedFailure(f"injected failure after {loaded} table(s) were loaded (test hook _fail_after)")
+
+
+def _upload_error(
+    err: BaseException, current: _PreparedUpload | None, prepared: Sequence[_PreparedUpload], warehouse: Warehouse
+) -> DagsterBentoUploadError:
+    tables = ", ".join(sorted({p.table for p in prepared}))
+    notebook = (current or prepared[0]).notebook
+    if current is None:
+        what = f"Uploading the outputs of {notebook or 'the notebook'} to {warehouse.kind} failed"
+    else:
+        what = (
+            f"Loading table {current.table} ({current.mode} from {current.request.path}, {current.where()}) "
+            f"into {warehouse.kind} failed"
+        )
+    message = (
+        f"{what}: {_db_message(err)}. Nothing was written: the transaction was rolled back and every table "
+        f"({tables}) keeps its previous contents. Fix the cause and re-run the notebook."
+    )
+    metadata = {"tables": tables, "warehouse": warehouse.url}
+    if current is not None:
+        metadata["table"] = current.table
+    return DagsterBentoUploadError(
+        message, notebook=notebook or None, cell=current.request.cell if current else None, metadata=metadata
+    )
+
+
+def _fetch_error(err: BaseException, sql: str, warehouse: Warehouse, notebook: str, cell: int | None) -> DagsterBentoFetchError:
+    where = _cell_ref("SQL", notebook, cell)
+    reason = str(err) if isinstance(err, _SqlShapeError) else _db_message(err)
+    short_sql = " ".join(sql.split())
+    if len(short_sql) > 300:
+        short_sql = short_sql[:300] + " ..."
+    message = f"{where} failed in the {warehouse.kind} warehouse: {reason}. Fix the query in the notebook. Query: {short_sql}"
+    return DagsterBentoFetchError(
+        message, notebook=notebook or None, cell=cell, metadata={"sql": sql, "warehouse": warehouse.url}
+    )
+
+
+@contextlib.contextmanager
+def _atomic_output(path: Path, fmt: FileFormat) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it (and a CSV sidecar) into place only on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        if fmt == "csv":
+            os.replace(csv_schema_path(tmp), csv_schema_path(path))
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, csv_schema_path(tmp)):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+
+def _label_row(p: _PreparedUpload, run_id: str, now: dt.datetime) -> tuple[Any, ...] | None:
+    if p.request.label is None:
+        return None
+    zones = json.dumps(sorted(p.request.label))
+    return (p.table, zones, p.request.label_origin, p.notebook, run_id, now)
+
+
+_LABEL_UPSERT = (
+    f"INSERT INTO {LABELS_TABLE} (table_name, zones, origin, notebook, run_id, updated_at) "
+    "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (table_name) DO UPDATE SET zones = excluded.zones, "
+    "origin = excluded.origin, notebook = excluded.notebook, run_id = excluded.run_id, "
+    "updated_at = excluded.updated_at"
+)
+_LANDING_INSERT = f"INSERT INTO {LANDINGS_TABLE} (table_name, landed_at, run_id, rows) VALUES ($1, $2, $3, $4)"
+_META_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {LABELS_TABLE} (table_name TEXT PRIMARY KEY, zones TEXT NOT NULL, "
+    "origin TEXT, notebook TEXT, run_id TEXT, updated_at TIMESTAMP)",
+    f"CREATE TABLE IF NOT EXISTS {LANDINGS_TABLE} (table_name TEXT NOT NULL, landed_at TIMESTAMP NOT NULL, "
+    "run_id TEXT, rows BIGINT)",
+)
+
+
+def _parse_zones(text: str) -> frozenset[str]:
+    return frozenset(json.loads(text))
+
+
+# --------------------------------------------------------------------------------------------------
+# DuckDB
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, *, exclusive: bool, timeout: float) -> Iterator[None]:
+    """``flock`` on ``path`` (created if needed), polling with backoff until ``timeout`` seconds."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        while True:
+            try:
+                fcntl.flock(fd, flags)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"another process held the lock {path} for more than {timeout:.0f} s "
+                        "(a long upload is running); retry later or raise ?lock_timeout= in the warehouse URL"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+class DuckDBWarehouse(Warehouse):
+    """An embedded DuckDB file (or ``:memory:``). Every operation opens and closes its own connection."""
+
+    kind = "duckdb"
+    dialect = "duckdb"
+    default_schema = "main"
+
+    def __init__(self, database: str | os.PathLike[str] = ":memory:", *, url: str | None = None, lock_timeout: float = 300.0):
+        self.lock_timeout = lock_timeout
+        self._mutex = threading.RLock()
+        self._memory: duckdb.DuckDBPyConnection | None = None
+        self.path: Path | None = None
+        if str(database) in ("", ":memory:"):
+            self._memory = duckdb.connect(":memory:")
+        else:
+            self.path = Path(database).expanduser().absolute()
+        default_url = f"duckdb:///{self.path}" if self.path else "duckdb:///:memory:"
+        self.url = _parse_url(url).render_as_string(hide_password=True) if url else default_url
+
+    @classmethod
+    def from_url(cls, url: str) -> "DuckDBWarehouse":
+        parsed = _parse_url(url)
+        timeout = parsed.query.get("lock_timeout", "300")
+        return cls(parsed.database or ":memory:", url=url, lock_timeout=float(str(timeout)))
+
+    @property
+    def lock_path(self) -> Path:
+        assert self.path is not None
+        return Path(str(self.path) + DUCKDB_LOCK_SUFFIX)
+
+    # -- connections -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connect(self, *, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self._memory is not None:
+            with self._mutex:
+                yield self._memory
+            return
+        if not write:
+            self._ensure_file()
+        else:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.lock_path, exclusive=write, timeout=self.lock_timeout):
+            con = self._open(read_only=not write)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    def _ensure_file(self) -> None:
+        assert self.path is not None
+        if self.path.exists():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.lock_path, exclusive=True, timeout=self.lock_timeout):
+            if not self.path.exists():
+                self._open(read_only=False).close()
+
+    def _open(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """Connect, retrying while a process that does not use our lock file holds DuckDB's own lock."""
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.01
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except duckdb.IOException as err:
+                if "lock" not in str(err).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def fetch(
+        self, sql: str, path: Path, *, fmt: FileFormat = "parquet", notebook: str = "", cell: int | None = None
+    ) -> FetchResult:
+        start = time.perf_counter()
+        path = Path(path)
+        try:
+            query = single_statement(sql, self.dialect)
+            with self._connect(write=False) as con, _atomic_output(path, fmt) as tmp:
+                relation = con.sql(query)
+                if relation is None:
+                    raise _SqlShapeError("the statement returns no rows; a SQL cell must be a query (SELECT ...)")
+                columns = tuple(ColumnInfo(n, str(t)) for n, t in zip(relation.columns, relation.types))
+                if fmt == "csv":
+                    rows = write_csv_with_schema(relation.to_arrow_reader(_UPLOAD_BATCH_ROWS), tmp)
+                else:
+                    relation.to_parquet(str(tmp))
+                    rows = pq.ParquetFile(tmp).metadata.num_rows
+        except (duckdb.Error, pa.ArrowException, OSError, _SqlShapeError) as err:
+            raise _fetch_error(err, sql, self, notebook, cell) from err
+        return FetchResult(path, rows, columns, time.perf_counter() - start)
+
+    def table_columns(self, table: str) -> tuple[ColumnInfo, ...] | None:
+        name = normalize_table_name(table, self.default_schema)
+        with self._connect(write=False) as con:
+            return self._columns(con, name)
+
+    @staticmethod
+    def _columns(con: duckdb.DuckDBPyConnection, table: str) -> tuple[ColumnInfo, ...] | None:
+        schema, name = _split_table(table)
+        rows = con.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND lower(schema_name) = $1 AND lower(table_name) = $2 ORDER BY column_index",
+            [schema, name],
+        ).fetchall()
+        return tuple(ColumnInfo(n, t) for n, t in rows) or None
+
+    @staticmethod
+    def _meta_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+        return DuckDBWarehouse._columns(con, table) is not None
+
+    def read_labels(self, tables: Iterable[str]) -> dict[str, frozenset[str]]:
+        wanted = {normalize_table_name(t, self.default_schema) for t in tables}
+        with self._connect(write=False) as con:
+            if not wanted or not self._meta_exists(con, LABELS_TABLE):
+                return {}
+            rows = con.execute(f"SELECT table_name, zones FROM {LABELS_TABLE}").fetchall()
+        return {name: _parse_zones(zones) for name, zones in rows if name in wanted}
+
+    def table_schemas(self) -> dict[str, dict[str, str]]:
+        with self._connect(write=False) as con:
+            rows = con.execute(
+                "SELECT lower(schema_name), lower(table_name), column_name, data_type FROM duckdb_columns() "
+                "WHERE NOT internal AND database_name = current_database() "
+                "AND schema_name NOT IN ('bento_meta', 'information_schema', 'pg_catalog') "
+                "ORDER BY schema_name, table_name, column_index"
+            ).fetchall()
+        schemas: dict[str, dict[str, str]] = {}
+        for schema, table, column, type_text in rows:
+            schemas.setdefault(f"{schema}.{table}", {})[column] = type_text
+        return schemas
+
+    def last_modified(self, tables: Iterable[str]) -> dict[str, str | None]:
+        names = [normalize_table_name(t, self.default_schema) for t in tables]
+        result: dict[str, str | None] = dict.fromkeys(names)
+        with self._connect(write=False) as con:
+            if not names or not self._meta_exists(con, LANDINGS_TABLE):
+                return result
+            for name in names:
+                row = con.execute(f"SELECT max(landed_at) FROM {LANDINGS_TABLE} WHERE table_name = $1", [name]).fetchone()
+                result[name] = _iso_utc(row[0] if row else None)
+        return result
+
+    # -- upload ----------------------------------------------------------------------------------
+
+    def upload(
+        self,
+        requests: Sequence[UploadRequest],
+        *,
+        run_id: str,
+        notebook: str = "",
+        _fail_after: int | None = None,
+    ) -> list[UploadResult]:
+        if not requests:
+            return []
+        with tempfile.TemporaryDirectory(prefix="bento-upload-") as tmpdir:
+            prepared = _prepare_uploads(
+                requests,
+                notebook=notebook,
+                default_schema=self.default_schema,
+                table_columns=self.table_columns,
+                tmpdir=Path(tmpdir),
+            )
+            try:
+                with self._connect(write=True) as con:
+                    return self._upload_transaction(con, prepared, run_id, _fail_after)
+            except (duckdb.Error, OSError) as err:  # opening the file or taking its lock failed
+                raise _upload_error(err, None, prepared, self) from err
+
+    def _upload_transaction(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        prepared: Sequence[_PreparedUpload],
+        run_id: str,
+        fail_after: int | None,
+    ) -> list[UploadResult]:
+        current: _PreparedUpload | None = None
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for p in prepared:
+                _check_columns(p, self._columns(con, p.table), case_insensitive=True)
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {META_SCHEMA}")
+            for ddl in _META_DDL:
+                con.execute(ddl)
+            now = _utc_now()
+            results = []
+            for loaded, p in enumerate(prepared):
+                _maybe_inject(fail_after, loaded)
+                current = p
+                results.append(self._load(con, p))
+                self._record(con, p, run_id, now)
+            current = None
+            _maybe_inject(fail_after, len(prepared))
+            con.execute("COMMIT")
+            return results
+        except DagsterBentoOutputError:
+            self._rollback(con)
+            raise
+        except (duckdb.Error, pa.ArrowException, OSError, _InjectedFailure) as err:
+            self._rollback(con)
+            raise _upload_error(err, current, prepared, self) from err
+
+    @staticmethod
+    def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+
+    def _load(self, con: duckdb.DuckDBPyConnection, p: _PreparedUpload) -> UploadResult:
+        start = time.perf_counter()
+        schema, _ = _split_table(p.table)
+        target = _qualified(p.table)
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+        existing = self._columns(con, p.table)
+        columns = ", ".join(quote_ident(n) for n in p.schema.names)
+        select = f"SELECT {columns} FROM read_parquet({_sql_string(str(p.parquet))})"
+        if p.mode == "overwrite" or existing is None:
+            con.execute(f"CREATE OR REPLACE TABLE {target} AS {select}")
+        else:
+            if p.mode == "overwrite_partition":
+                column = p.request.partition_column
+                type_text = next(c.type for c in existing if c.name.lower() == column.lower())
+                con.execute(
+                    f"DELETE FROM {target} WHERE {quote_ident(column)} = CAST($1 AS {type_text})",
+                    [p.request.partition_value],
+                )
+            con.execute(f"INSERT INTO {target} BY NAME {select}")
+        count = con.execute(f"SELECT count(*) FROM {target}").fetchone()
+        rows_in_table = int(count[0]) if count else 0
+        final = self._columns(con, p.table) or ()
+        return UploadResult(p.table, p.rows, rows_in_table, final, time.perf_counter() - start)
+
+    @staticmethod
+    def _record(con: duckdb.DuckDBPyConnection, p: _PreparedUpload, run_id: str, now: dt.datetime) -> None:
+        label = _label_row(p, run_id, now)
+        if label is not None:
+            con.execute(_LABEL_UPSERT, list(label))
+        con.execute(_LANDING_INSERT, [p.table, now, run_id, p.rows])
+
+    def close(self) -> None:
+        if self._memory is not None:
+            with self._mutex:
+                self._memory.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# PostgreSQL
+
+_PG_TYPE_NAMES = {
+    "int8": "bigint", "int4": "integer", "int2": "smallint", "float8": "double precision", "float4": "real",
+    "bool": "boolean", "varchar": "character varying", "bpchar": "character", "timestamptz":
+    "timestamp with time zone", "timestamp": "timestamp without time zone", "timetz": "time with time zone",
+    "time": "time without time zone", "varbit": "bit varying",
+}  # fmt: skip
+_PG_TYPE_KEY = b"POSTGRESQL:type"
+_PG_TYPMOD_KEY = b"POSTGRESQL:typmod"
+
+
+def _pg_numeric_precision(field: pa.Field) -> tuple[int, int] | None:
+    typmod = int((field.metadata or {}).get(_PG_TYPMOD_KEY, b"-1"))
+    if typmod < 4:
+        return None
+    return ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+
+
+def _pg_type_name(field: pa.Field) -> str:
+    """PostgreSQL's name for a fetched column's type, in ``format_type`` spelling."""
+    typname = (field.metadata or {}).get(_PG_TYPE_KEY, b"").decode()
+    if not typname:
+        return str(field.type)
+    if typname == "numeric":
+        precision = _pg_numeric_precision(field)
+        return f"numeric({precision[0]},{precision[1]})" if precision else "numeric"
+    if typname.startswith("_"):
+        return _PG_TYPE_NAMES.get(typname[1:], typname[1:]) + "[]"
+    return _PG_TYPE_NAMES.get(typname, typname)
+
+
+def _pg_file_field(field: pa.Field) -> pa.Field:
+    """The type a fetched column is written to the file as: extension types become plain Arrow types."""
+    t = field.type
+    if isinstance(t, pa.ExtensionType):
+        precision = _pg_numeric_precision(field) if getattr(t, "type_name", "") == "numeric" else None
+        if precision and precision[0] <= 38:
+            return pa.field(field.name, pa.decimal128(*precision))
+        return pa.field(field.name, t.storage_type)
+    return field.remove_metadata()
+
+
+def _pg_convert_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    arrays = []
+    for array, field in zip(batch.columns, schema):
+        if isinstance(array, pa.ExtensionArray):
+            array = array.storage
+        if array.type != field.type:
+            array = pc.cast(array, field.type)
+        arrays.append(array)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+class PostgresWarehouse(Warehouse):
+    """PostgreSQL through ADBC (binary COPY). Every operation opens and closes its own connection."""
+
+    kind = "postgres"
+    dialect = "postgres"
+    default_schema = "public"
+
+    def __init__(self, url: str):
+        parsed = _parse_url(url)
+        if _SCHEME_ALIASES.get(parsed.get_backend_name(), parsed.get_backend_name()) != "postgresql":
+            raise ValueError(f"{parsed.render_as_string(hide_password=True)} is not a postgresql:// URL")
+        self._uri = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.url = parsed.render_as_string(hide_password=True)
+        self._meta_ready = False
+
+    @classmethod
+    def from_url(cls, url: str) -> "PostgresWarehouse":
+        return cls(url)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[Any]:
+        conn = pg_dbapi.connect(self._uri)  # autocommit off: one transaction until commit()/rollback()
+        try:
+            yield conn
+        finally:
+            with contextlib.suppress(pg_dbapi.Error):
+                conn.rollback()
+            conn.close()
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def fetch(
+        self, sql: str, path: Path, *, fmt: FileFormat = "parquet", notebook: str = "", cell: int | None = None
+    ) -> FetchResult:
+        start = time.perf_counter()
+        path = Path(path)
+        try:
+            query = single_statement(sql, self.dialect)
+            with self._connect() as conn, conn.cursor() as cur:
+                cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                conn.commit()
+                cur.execute(query)
+                reader = cur.fetch_record_batch()
+                columns = tuple(ColumnInfo(f.name, _pg_type_name(f)) for f in reader.schema)
+                schema = pa.schema([_pg_file_field(f) for f in reader.schema])
+                batches = (_pg_convert_batch(b, schema) for b in reader)
+                with _atomic_output(path, fmt) as tmp:
+                    rows = self._write_result(pa.RecordBatchReader.from_batches(schema, batches), tmp, fmt)
+        except (pg_dbapi.Error, pa.ArrowException, OSError, _SqlShapeError) as err:
+            raise _fetch_error(err, sql, self, notebook, cell) from err
+        return FetchResult(path, rows, columns, time.perf_counter() - start)
+
+    @staticmethod
+    def _write_result(reader: pa.RecordBatchReader, tmp: Path, fmt: FileFormat) -> int:
+        if fmt == "csv":
+            return write_csv_with_schema(reader, tmp)
+        rows = 0
+        with pq.ParquetWriter(tmp, reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        return rows
+
+    def table_columns(self, table: str) -> tuple[ColumnInfo, ...] | None:
+        name = normalize_table_name(table, self.default_schema)
+        with self._connect() as conn, conn.cursor() as cur:
+            return self._columns(cur, name)
+
+    @staticmethod
+    def _columns(cur: Any, table: str) -> tuple[ColumnInfo, ...] | None:
+        cur.execute("SELECT to_regclass($1) IS NOT NULL", (_qualified(table),))
+        if not cur.fetchone()[0]:
+            return None
+        cur.execute(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (_qualified(table),),
+        )
+        return tuple(ColumnInfo(n, t) for n, t in cur.fetchall())
+
+    def read_labels(self, tables: Iterable[str]) -> dict[str, frozenset[str]]:
+        wanted = {normalize_table_name(t, self.default_schema) for t in tables}
+        if not wanted:
+            return {}
+        with self._connect() as conn, conn.cursor() as cur:
+            if self._columns(cur, LABELS_TABLE) is None:
+                return {}
+            cur.execute(f"SELECT table_name, zones FROM {LABELS_TABLE}")
+            rows = cur.fetchall()
+        return {name: _parse_zones(zones) for name, zones in rows if name in wanted}
+
+    def table_schemas(self) -> dict[str, dict[str, str]]:
+        with self._connect() as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT lower(n.nspname::text), lower(c.relname::text), a.attname::text, "
+                "format_type(a.atttypid, a.atttypmod) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_attribute a ON a.attrelid = c.oid "
+                "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped "
+                "AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'bento_meta') "
+                "AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' "
+                "ORDER BY n.nspname, c.relname, a.attnum"
+            )
+            rows = cur.fetchall()
+        schemas: dict[str, dict[str, str]] = {}
+        for schema, table, column, type_text in rows:
+            schemas.setdefault(f"{schema}.{table}", {})[column] = type_text
+        return schemas
+
+    def last_modified(self, tables: Iterable[str]) -> dict[str, str | None]:
+        names = [normalize_table_name(t, self.default_schema) for t in tables]
+        result: dict[str, str | None] = dict.fromkeys(names)
+        if not names:
+            return result
+        with self._connect() as conn, conn.cursor() as cur:
+            if self._columns(cur, LANDINGS_TABLE) is None:
+                return result
+            for name in names:
+                cur.execute(f"SELECT max(landed_at) FROM {LANDINGS_TABLE} WHERE table_name = $1", (name,))
+                row = cur.fetchone()
+                result[name] = _iso_utc(row[0] if row else None)
+        return result
+
+    # -- upload ----------------------------------------------------------------------------------
+
+    def upload(
+        self,
+        requests: Sequence[UploadRequest],
+        *,
+        run_id: str,
+        notebook: str = "",
+        _fail_after: int | None = None,
+    ) -> list[UploadResult]:
+        if not requests:
+            return []
+        with tempfile.TemporaryDirectory(prefix="bento-upload-") as tmpdir:
+            prepared = _prepare_uploads(
+                requests,
+                notebook=notebook,
+                default_schema=self.default_schema,
+                table_columns=self.table_columns,
+                tmpdir=Path(tmpdir),
+            )
+            try:
+                with self._connect() as conn, conn.cursor() as cur:
+                    self._ensure_schemas(conn, cur, {_split_table(p.table)[0] for p in prepared})
+                    return self._upload_transaction(conn, cur, prepared, run_id, _fail_after)
+            except pg_dbapi.Error as err:  # connecting or creating the schemas failed
+                raise _upload_error(err, None, prepared, self) from err
+
+    def _ensure_schemas(self, conn: Any, cur: Any, schemas: set[str]) -> None:
+        """Create missing schemas and the bento_meta tables, in a short transaction of their own.
+
+        Schemas are created before (not inside) the load transaction so that concurrent uploads into a new
+        schema do not race on ``CREATE SCHEMA``; a failed upload may therefore leave an empty schema behind.
+        """
+        wanted = sorted(schemas | {META_SCHEMA})
+        cur.execute("SELECT nspname::text FROM pg_namespace")
+        present = {row[0] for row in cur.fetchall()}
+        missing = [s for s in wanted if s not in present]
+        if missing or not self._meta_ready:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('bento:ddl'))")
+            for schema in missing:
+                cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+            if self._columns(cur, LABELS_TABLE) is None or self._columns(cur, LANDINGS_TABLE) is None:
+                for ddl in _META_DDL:
+                    cur.execute(ddl)
+        conn.commit()
+        self._meta_ready = True
+
+    def _upload_transaction(
+        self, conn: Any, cur: Any, prepared: Sequence[_PreparedUpload], run_id: str, fail_after: int | None
+    ) -> list[UploadResult]:
+        current: _PreparedUpload | None = None
+        try:
+            for table in sorted({p.table for p in prepared}):
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext($1))", (f"bento:{table}",))
+            for p in prepared:
+                _check_columns(p, self._columns(cur, p.table), case_insensitive=False)
+            now = _utc_now()
+            results = []
+            for loaded, p in enumerate(prepared):
+                _maybe_inject(fail_after, loaded)
+                current = p
+                results.append(self._load(cur, p))
+                label = _label_row(p, run_id, now)
+                if label is not None:
+                    cur.execute(_LABEL_UPSERT, label)
+                cur.execute(_LANDING_INSERT, (p.table, now, run_id, p.rows))
+            current = None
+            _maybe_inject(fail_after, len(prepared))
+            conn.commit()
+            return results
+        except DagsterBentoOutputError:
+            self._rollback(conn)
+            raise
+        except (pg_dbapi.Error, pa.ArrowException, OSError, _InjectedFailure) as err:
+            self._rollback(conn)
+            raise _upload_error(err, current, prepared, self) from err
+
+    @staticmethod
+    def _rollback(conn: Any) -> None:
+        with contextlib.suppress(pg_dbapi.Error):
+            conn.rollback()
+
+    def _load(self, cur: Any, p: _PreparedUpload) -> UploadResult:
+        start = time.perf_counter()
+        schema, name = _split_table(p.table)
+        target = _qualified(p.table)
+        existing = self._columns(cur, p.table)
+        if existing is None:
+            self._ingest(cur, p, name, schema=schema)
+        elif p.mode == "overwrite":
+            # Build the new table next to the old one, then swap: readers see the old table until commit.
+            stage = f"_bento_stage_{uuid.uuid4().hex[:12]}"
+            self._ingest(cur, p, stage, schema=schema)
+            cur.execute(f"DROP TABLE {target}")
+            cur.execute(f"ALTER TABLE {quote_ident(schema)}.{quote_ident(stage)} RENAME TO {quote_ident(name)}")
+        else:
+            self._insert_via_stage(cur, p, existing)
+        cur.execute(f"SELECT count(*) FROM {target}")
+        rows_in_table = int(cur.fetchone()[0])
+        final = self._columns(cur, p.table) or ()
+        return UploadResult(p.table, p.rows, rows_in_table, final, time.perf_counter() - start)
+
+    def _insert_via_stage(self, cur: Any, p: _PreparedUpload, existing: tuple[ColumnInfo, ...]) -> None:
+        """Append (or replace one partition) with explicit casts to the table's column types."""
+        target = _qualified(p.table)
+        stage = f"_bento_stage_{uuid.uuid4().hex[:12]}"
+        self._ingest(cur, p, stage, schema=None)
+        if p.mode == "overwrite_partition":
+            column = p.request.partition_column
+            type_text = next(c.type for c in existing if c.name == column)
+            cur.execute(
+                f"DELETE FROM {target} WHERE {quote_ident(column)} = CAST($1 AS {type_text})",
+                (p.request.partition_value,),
+            )
+        names = [c for c in existing if c.name in p.schema.names]
+        insert_cols = ", ".join(quote_ident(c.name) for c in names)
+        select_cols = ", ".join(f"CAST({quote_ident(c.name)} AS {c.type})" for c in names)
+        cur.execute(f"INSERT INTO {target} ({insert_cols}) SELECT {select_cols} FROM pg_temp.{quote_ident(stage)}")
+        cur.execute(f"DROP TABLE pg_temp.{quote_ident(stage)}")
+
+    @staticmethod
+    def _ingest(cur: Any, p: _PreparedUpload, table: str, *, schema: str | None) -> None:
+        """Binary COPY of the Parquet file into a new table (a temporary one when ``schema`` is None)."""
+        with pq.ParquetFile(p.parquet) as parquet:
+            batches = parquet.iter_batches(batch_size=_UPLOAD_BATCH_ROWS, columns=p.schema.names)
+            plain = (pa.RecordBatch.from_arrays(b.columns, schema=p.schema) for b in batches)
+            reader = pa.RecordBatchReader.from_batches(p.schema, plain)
+            cur.adbc_ingest(table, reader, mode="create", db_schema_name=schema, temporary=schema is None)
+
+    def close(self) -> None:
+        """Nothing to release: every operation uses its own connection."""
+
+
+_FACTORIES: dict[str, WarehouseFactory] = {
+    "duckdb": DuckDBWarehouse.from_url,
+    "postgresql": PostgresWarehouse.from_url,
+}
