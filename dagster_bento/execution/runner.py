@@ -252,7 +252,7 @@ class BentoInvocation:
         stored = warehouse.read_labels(job.tables_written)
         labels: dict[str, frozenset[str]] = {}
         for cell in job.write_cells:
-            reclass = policy.reclassification_for(job.name, cell.table)
+            reclass = policy.reclassification_for(job.name, cell.table, notebook_path=job.notebook_path)
             required = zones.output_label(read_labels.values(), job.zone, reclassification=reclass)
             violation, label = zones.check_write(
                 policy, notebook=job.name, notebook_path=job.notebook_path, notebook_zone=job.zone,
