@@ -14,7 +14,7 @@ import dagster as dg
 PROJECT_PROBLEMS_HEADER = "dagster-bento found problems in the project:"
 
 
-@dataclasses.dataclass(frozen=True, order=True)
+@dataclasses.dataclass(frozen=True)
 class Problem:
     """One static problem. ``to_dict()`` is the stable JSON contract of ``dagster-bento check --json``."""
 
@@ -25,6 +25,14 @@ class Problem:
     table: str | None = None
     line: int | None = None  # line inside the cell, for code checks
     severity: str = "error"  # "error" or "warning" (warnings do not fail `check`)
+
+    def sort_key(self) -> tuple:
+        """File-level problems first, then by cell and line; None never meets an int in a comparison."""
+        return (self.notebook, self.cell is not None, self.cell or 0, self.line or 0, self.code, self.message,
+                self.table or "", self.severity)
+
+    def __lt__(self, other: "Problem") -> bool:
+        return self.sort_key() < other.sort_key()
 
     def location(self) -> str:
         where = self.notebook
