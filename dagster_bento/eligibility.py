@@ -83,6 +83,8 @@ ELIGIBILITY_CODES: dict[str, str] = {
 }
 
 EXEMPTABLE_CATEGORIES: tuple[str, ...] = ("network", "process", "database", "file_write", "dynamic")
+# Codes reported as warnings: the check could not decide, so it does not fail `check`.
+_WARNING_CODES = frozenset({"BENTO-E107", "BENTO-E108", "BENTO-E109", "BENTO-E111"})
 
 _WHY = ("scheduled notebooks may only read through SQL cells and write through write cells; "
         "the sandbox blocks this at run time anyway")
@@ -396,10 +398,15 @@ def _sorted(problems: list[Problem]) -> list[Problem]:
 
 @dataclasses.dataclass(frozen=True)
 class _PathValue:
-    """A statically known path: the whole text, or only a prefix when ``complete`` is False."""
+    """A statically known path: the whole text, or only a prefix when ``complete`` is False.
+
+    ``pathlib`` tells a ``Path`` object from a plain string, so that methods shared with ``str``
+    (``replace``) are treated as file operations only on real paths.
+    """
 
     text: str
     complete: bool = True
+    pathlib: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -482,6 +489,10 @@ def _join(parts: Sequence[_PathValue | None]) -> _PathValue | None:
             return _PathValue(result.text.rstrip("/") + "/" if result.text else "", complete=False)
         result = _PathValue(posixpath.join(result.text, part.text), part.complete)
     return result
+
+
+def _as_pathlib(path: _PathValue | None) -> _PathValue | None:
+    return None if path is None else dataclasses.replace(path, pathlib=True)
 
 
 def _where(path: _PathValue | None) -> str:
@@ -575,21 +586,20 @@ class _CellChecker(ast.NodeVisitor):
     def check_cell(self, source: str) -> None:
         self._check_source(source, offset=0, ipython=True, report_syntax=True)
 
-    def _check_source(self, source: str, *, offset: int, ipython: bool, report_syntax: bool) -> bool:
+    def _check_source(self, source: str, *, offset: int, ipython: bool, report_syntax: bool) -> None:
         """Parse and visit ``source`` whose line 1 is line ``offset + 1`` of the cell."""
         text, dropped = _to_python(source) if ipython else (source, 0)
         tree = _parse(text)
         if isinstance(tree, SyntaxError):
             if report_syntax:
                 self._report_syntax(tree, offset + dropped)
-            return False
+            return
         saved = self._offset
         self._offset = offset + dropped
         try:
             self.visit(tree)
         finally:
             self._offset = saved
-        return True
 
     def _report_syntax(self, err: SyntaxError, offset: int) -> None:
         line = (err.lineno or 1) + offset
@@ -610,7 +620,7 @@ class _CellChecker(ast.NodeVisitor):
     def _report(self, node: ast.AST, code: str, found: str, hint: str | None = None) -> None:
         """Report ``found`` with why it is refused and how to fix it (including the exemption route)."""
         category = ELIGIBILITY_CODES[code]
-        severity = "warning" if code in ("BENTO-E107", "BENTO-E108", "BENTO-E109") else "error"
+        severity = "warning" if code in _WARNING_CODES else "error"
         prefix = "the check cannot verify this statically; " if severity == "warning" else ""
         message = (f"{found}: {prefix}{_WHY}; {hint or _HINTS[code]}, or add a reviewed exemption to "
                    f"{self.spec}: exemptions: [{{rule: {category}, reason: ...}}]")
@@ -639,6 +649,8 @@ class _CellChecker(ast.NodeVisitor):
     def _fallback(self, name: str) -> str:
         """A name the cells never bound: assume its conventional meaning (imported in another cell)."""
         for module in self.scope.star_modules:
+            if _forbidden(_normalize(module)):
+                continue  # the star import itself was reported; every name would otherwise match
             candidate = _normalize(f"{module}.{name}")
             if _forbidden(candidate) or candidate in _MODULE_WRITERS or candidate in _OPENERS:
                 return candidate
@@ -705,6 +717,10 @@ class _CellChecker(ast.NodeVisitor):
             return _Binding(qualname=resolved[0], reported=resolved[1] or _forbidden(resolved[0]) is not None)
         return _Binding()
 
+    def _is_pathlib(self, node: ast.AST) -> bool:
+        path = self._path_of(node)
+        return path is not None and path.pathlib
+
     def _dynamic_import_target(self, node: ast.AST) -> str | None:
         if isinstance(node, ast.Call) and self._qualname(node.func) in _DYNAMIC_IMPORTS and node.args:
             return _literal_str(node.args[0])
@@ -728,7 +744,7 @@ class _CellChecker(ast.NodeVisitor):
             return None if binding is None else binding.path
         if isinstance(node, ast.Attribute) and node.attr == "parent":
             base = self._path_of(node.value)
-            return _join([base, _PathValue("..")]) if base is not None else None
+            return _as_pathlib(_join([base, _PathValue("..")])) if base is not None else None
         if isinstance(node, ast.Call):
             return self._path_of_call(node)
         return None
@@ -756,7 +772,7 @@ class _CellChecker(ast.NodeVisitor):
             return left
         right = self._path_of(node.right)
         if isinstance(node.op, ast.Div):
-            return _join([left, right])
+            return _as_pathlib(_join([left, right])) if left.pathlib else None
         if right is None:
             return _PathValue(left.text, complete=False)
         return _PathValue(left.text + right.text, right.complete)
@@ -764,29 +780,33 @@ class _CellChecker(ast.NodeVisitor):
     def _path_of_call(self, node: ast.Call) -> _PathValue | None:
         name = self._qualname(node.func)
         args = [self._path_of(arg) for arg in node.args]
-        if name in _PATH_CONSTRUCTORS or name in ("os.path.join", "posixpath.join"):
-            return _join(args) if args else _PathValue(".")
+        if name in _PATH_CONSTRUCTORS:
+            return _as_pathlib(_join(args) if args else _PathValue("."))
+        if name in ("os.path.join", "posixpath.join"):
+            return _join(args)
         if name in ("os.path.abspath", "os.path.normpath", "os.path.realpath", "os.path.expanduser",
                     "os.fspath", "str") and args:
             return args[0]
-        if name in ("os.getcwd", "pathlib.Path.cwd", "Path.cwd"):
+        if name == "os.getcwd":
             return _PathValue(".")
+        if name in ("pathlib.Path.cwd", "Path.cwd"):
+            return _PathValue(".", pathlib=True)
         if name in ("pathlib.Path.home", "Path.home"):
-            return _PathValue("~")
+            return _PathValue("~", pathlib=True)
         if isinstance(node.func, ast.Attribute):
             return self._path_of_method(node.func, args)
         return None
 
     def _path_of_method(self, func: ast.Attribute, args: list[_PathValue | None]) -> _PathValue | None:
         base = self._path_of(func.value)
-        if base is None:
+        if base is None or not base.pathlib:
             return None
         if func.attr == "joinpath":
-            return _join([base, *args])
+            return _as_pathlib(_join([base, *args]))
         if func.attr in ("resolve", "absolute", "expanduser", "with_suffix"):
             return base
         if func.attr in ("with_name", "with_stem"):
-            return _PathValue(posixpath.dirname(base.text), complete=False)
+            return _PathValue(posixpath.dirname(base.text), complete=False, pathlib=True)
         return None
 
     # -- statements that bind names ----------------------------------------------------------------
@@ -811,7 +831,8 @@ class _CellChecker(ast.NodeVisitor):
                          _import_hint(module_code))
         for alias in node.names:
             if alias.name == "*":
-                self.scope.star_modules.append(node.module)
+                if node.module not in self.scope.star_modules:
+                    self.scope.star_modules.append(node.module)
                 continue
             qualname = _normalize(f"{node.module}.{alias.name}")
             code = module_code or _forbidden(qualname)
@@ -862,7 +883,13 @@ class _CellChecker(ast.NodeVisitor):
         for statement in node.body:
             self.visit(statement)
 
-    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self._visit_function(node)
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
+        self._visit_function(node)
+
+    def _visit_function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         for expr in (*node.decorator_list, *node.args.defaults, *node.args.kw_defaults):
             if expr is not None:
                 self.visit(expr)
@@ -870,8 +897,6 @@ class _CellChecker(ast.NodeVisitor):
         with self._nested_scope(node.args):
             for statement in node.body:
                 self.visit(statement)
-
-    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
 
     def visit_Lambda(self, node: ast.Lambda) -> None:
         for expr in (*node.args.defaults, *node.args.kw_defaults):
@@ -978,9 +1003,9 @@ class _CellChecker(ast.NodeVisitor):
         if attr in _FRAME_WRITERS:
             target = _argument(node, 0, _FRAME_PATH_KEYWORDS)
             self._check_write(node, target, f"{attr}()", certain=True)
-        elif attr in _PATH_ONLY_WRITERS or (attr in _PATH_GENERIC_WRITERS and self._path_of(func.value)):
+        elif attr in _PATH_ONLY_WRITERS or (attr in _PATH_GENERIC_WRITERS and self._is_pathlib(func.value)):
             self._check_path_method(node, func)
-        elif attr == "open" and self._path_of(func.value) is not None:
+        elif attr == "open" and self._is_pathlib(func.value):
             mode_node = _argument(node, 0, ("mode",))
             mode = "r" if mode_node is None else _literal_str(mode_node)
             self._check_mode_write(node, func.value, mode, "Path.open()")
@@ -1026,6 +1051,8 @@ class _CellChecker(ast.NodeVisitor):
     def _check_write(self, node: ast.Call, target: ast.expr | None, label: str, *, certain: bool) -> None:
         """Report a write to ``target`` unless it stays in the run directory (or is an open handle)."""
         if target is None or self._is_handle(target):
+            return
+        if isinstance(target, ast.Constant) and target.value is None:  # to_html(buf=None) returns text
             return
         path = self._path_of(target)
         known = path is not None and (path.complete or bool(path.text))

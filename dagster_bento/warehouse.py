@@ -44,7 +44,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import adbc_driver_postgresql.dbapi as pg_dbapi
 import duckdb
@@ -117,6 +117,8 @@ class UploadResult:
 # --------------------------------------------------------------------------------------------------
 # The interface
 
+_W = TypeVar("_W", bound="Warehouse")
+
 
 class Warehouse(abc.ABC):
     """Where SQL cells run and write cells land. Subclass it and call :func:`register_warehouse` to add one."""
@@ -139,9 +141,7 @@ class Warehouse(abc.ABC):
         return self.table_columns(table) is not None
 
     @abc.abstractmethod
-    def upload(
-        self, requests: Sequence[UploadRequest], *, run_id: str, notebook: str = ""
-    ) -> list[UploadResult]:
+    def upload(self, requests: Sequence[UploadRequest], *, run_id: str, notebook: str = "") -> list[UploadResult]:
         """Load every request in one transaction: all tables or none."""
 
     @abc.abstractmethod
@@ -160,7 +160,7 @@ class Warehouse(abc.ABC):
     def close(self) -> None:
         """Release connections."""
 
-    def __enter__(self) -> "Warehouse":
+    def __enter__(self: _W) -> _W:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -271,7 +271,8 @@ def _db_message(err: BaseException) -> str:
     marker = text.find("ERROR:")
     if marker >= 0:
         text = text[marker + len("ERROR:") :]
-    text = " ".join(text.split())
+    text = re.sub(r"Query was: .*?(?=\. SQLSTATE|$)", "", text, flags=re.DOTALL)
+    text = re.sub(r"\s+\.", ".", " ".join(text.split())).strip().rstrip(".")
     return text[:2000] or type(err).__name__
 
 
@@ -341,7 +342,7 @@ def arrow_type_family(arrow_type: pa.DataType) -> str:
     t = arrow_type
     if pa.types.is_dictionary(t):
         return arrow_type_family(t.value_type)
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):
         name = t.extension_name
         if name == "arrow.uuid":
             return "uuid"
@@ -587,7 +588,15 @@ def _convert_csv(
     converted: Path,
 ) -> Path:
     """Read the CSV with known column types (sidecar first, else the existing table's) into a Parquet file."""
-    types = read_csv_sidecar(Path(request.path))
+    try:
+        types = read_csv_sidecar(Path(request.path))
+    except (ValueError, OSError) as err:
+        raise _output_error(
+            request,
+            notebook,
+            f"{_cell_ref('write', notebook, request.cell)} wrote {csv_schema_path(Path(request.path))} for table "
+            f"{table}, but it is not a valid CSV schema sidecar: {err}. Delete it or write Parquet instead.",
+        ) from err
     from_table = types is None
     if types is None:
         existing = table_columns(table) or ()
@@ -725,13 +734,17 @@ def _upload_error(
     )
 
 
-def _fetch_error(err: BaseException, sql: str, warehouse: Warehouse, notebook: str, cell: int | None) -> DagsterBentoFetchError:
+def _fetch_error(
+    err: BaseException, sql: str, warehouse: Warehouse, notebook: str, cell: int | None
+) -> DagsterBentoFetchError:
     where = _cell_ref("SQL", notebook, cell)
     reason = str(err) if isinstance(err, _SqlShapeError) else _db_message(err)
     short_sql = " ".join(sql.split())
     if len(short_sql) > 300:
         short_sql = short_sql[:300] + " ..."
-    message = f"{where} failed in the {warehouse.kind} warehouse: {reason}. Fix the query in the notebook. Query: {short_sql}"
+    message = (
+        f"{where} failed in the {warehouse.kind} warehouse: {reason}. Fix the query in the notebook. Query: {short_sql}"
+    )
     return DagsterBentoFetchError(
         message, notebook=notebook or None, cell=cell, metadata={"sql": sql, "warehouse": warehouse.url}
     )
@@ -768,10 +781,14 @@ _LABEL_UPSERT = (
 )
 _LANDING_INSERT = f"INSERT INTO {LANDINGS_TABLE} (table_name, landed_at, run_id, rows) VALUES ($1, $2, $3, $4)"
 _META_DDL = (
-    f"CREATE TABLE IF NOT EXISTS {LABELS_TABLE} (table_name TEXT PRIMARY KEY, zones TEXT NOT NULL, "
-    "origin TEXT, notebook TEXT, run_id TEXT, updated_at TIMESTAMP)",
-    f"CREATE TABLE IF NOT EXISTS {LANDINGS_TABLE} (table_name TEXT NOT NULL, landed_at TIMESTAMP NOT NULL, "
-    "run_id TEXT, rows BIGINT)",
+    (
+        f"CREATE TABLE IF NOT EXISTS {LABELS_TABLE} (table_name TEXT PRIMARY KEY, zones TEXT NOT NULL, "
+        "origin TEXT, notebook TEXT, run_id TEXT, updated_at TIMESTAMP)"
+    ),
+    (
+        f"CREATE TABLE IF NOT EXISTS {LANDINGS_TABLE} (table_name TEXT NOT NULL, landed_at TIMESTAMP NOT NULL, "
+        "run_id TEXT, rows BIGINT)"
+    ),
 )
 
 
@@ -818,7 +835,9 @@ class DuckDBWarehouse(Warehouse):
     dialect = "duckdb"
     default_schema = "main"
 
-    def __init__(self, database: str | os.PathLike[str] = ":memory:", *, url: str | None = None, lock_timeout: float = 300.0):
+    def __init__(
+        self, database: str | os.PathLike[str] = ":memory:", *, url: str | None = None, lock_timeout: float = 300.0
+    ):
         self.lock_timeout = lock_timeout
         self._mutex = threading.RLock()
         self._memory: duckdb.DuckDBPyConnection | None = None
@@ -952,7 +971,9 @@ class DuckDBWarehouse(Warehouse):
             if not names or not self._meta_exists(con, LANDINGS_TABLE):
                 return result
             for name in names:
-                row = con.execute(f"SELECT max(landed_at) FROM {LANDINGS_TABLE} WHERE table_name = $1", [name]).fetchone()
+                row = con.execute(
+                    f"SELECT max(landed_at) FROM {LANDINGS_TABLE} WHERE table_name = $1", [name]
+                ).fetchone()
                 result[name] = _iso_utc(row[0] if row else None)
         return result
 
@@ -1093,7 +1114,7 @@ def _pg_type_name(field: pa.Field) -> str:
 def _pg_file_field(field: pa.Field) -> pa.Field:
     """The type a fetched column is written to the file as: extension types become plain Arrow types."""
     t = field.type
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):
         precision = _pg_numeric_precision(field) if getattr(t, "type_name", "") == "numeric" else None
         if precision and precision[0] <= 38:
             return pa.field(field.name, pa.decimal128(*precision))
@@ -1101,10 +1122,30 @@ def _pg_file_field(field: pa.Field) -> pa.Field:
     return field.remove_metadata()
 
 
+# PostgreSQL column types whose binary COPY format ADBC writes from exactly this Arrow type.
+_PG_COPY_TYPES = {
+    "bigint": pa.int64(), "integer": pa.int32(), "smallint": pa.int16(), "double precision": pa.float64(),
+    "real": pa.float32(), "boolean": pa.bool_(), "text": pa.string(), "date": pa.date32(),
+    "timestamp without time zone": pa.timestamp("us"), "timestamp with time zone": pa.timestamp("us", tz="UTC"),
+}  # fmt: skip
+
+
+def _pg_copy_matches(schema: pa.Schema, existing: tuple[ColumnInfo, ...]) -> bool:
+    """True when the output can be COPY'd into the existing table as it is (no server-side cast needed)."""
+    types = {c.name: c.type for c in existing}
+    for field in schema:
+        got = field.type
+        if pa.types.is_large_string(got) or pa.types.is_string_view(got):
+            got = pa.string()
+        if field.name not in types or _PG_COPY_TYPES.get(types[field.name]) != got:
+            return False
+    return True
+
+
 def _pg_convert_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     arrays = []
     for array, field in zip(batch.columns, schema):
-        if isinstance(array, pa.ExtensionArray):
+        if isinstance(array.type, pa.BaseExtensionType):
             array = array.storage
         if array.type != field.type:
             array = pc.cast(array, field.type)
@@ -1330,17 +1371,17 @@ class PostgresWarehouse(Warehouse):
             cur.execute(f"DROP TABLE {target}")
             cur.execute(f"ALTER TABLE {quote_ident(schema)}.{quote_ident(stage)} RENAME TO {quote_ident(name)}")
         else:
-            self._insert_via_stage(cur, p, existing)
+            self._insert_into_existing(cur, p, existing)
         cur.execute(f"SELECT count(*) FROM {target}")
         rows_in_table = int(cur.fetchone()[0])
         final = self._columns(cur, p.table) or ()
         return UploadResult(p.table, p.rows, rows_in_table, final, time.perf_counter() - start)
 
-    def _insert_via_stage(self, cur: Any, p: _PreparedUpload, existing: tuple[ColumnInfo, ...]) -> None:
-        """Append (or replace one partition) with explicit casts to the table's column types."""
+    def _insert_into_existing(self, cur: Any, p: _PreparedUpload, existing: tuple[ColumnInfo, ...]) -> None:
+        """Append (or replace one partition). Binary COPY straight into the table when every column's Arrow
+        type is exactly what the table's type expects; otherwise via a temporary table and explicit casts."""
+        schema, name = _split_table(p.table)
         target = _qualified(p.table)
-        stage = f"_bento_stage_{uuid.uuid4().hex[:12]}"
-        self._ingest(cur, p, stage, schema=None)
         if p.mode == "overwrite_partition":
             column = p.request.partition_column
             type_text = next(c.type for c in existing if c.name == column)
@@ -1348,6 +1389,11 @@ class PostgresWarehouse(Warehouse):
                 f"DELETE FROM {target} WHERE {quote_ident(column)} = CAST($1 AS {type_text})",
                 (p.request.partition_value,),
             )
+        if _pg_copy_matches(p.schema, existing):
+            self._ingest(cur, p, name, schema=schema, mode="append")
+            return
+        stage = f"_bento_stage_{uuid.uuid4().hex[:12]}"
+        self._ingest(cur, p, stage, schema=None)
         names = [c for c in existing if c.name in p.schema.names]
         insert_cols = ", ".join(quote_ident(c.name) for c in names)
         select_cols = ", ".join(f"CAST({quote_ident(c.name)} AS {c.type})" for c in names)
@@ -1355,13 +1401,16 @@ class PostgresWarehouse(Warehouse):
         cur.execute(f"DROP TABLE pg_temp.{quote_ident(stage)}")
 
     @staticmethod
-    def _ingest(cur: Any, p: _PreparedUpload, table: str, *, schema: str | None) -> None:
-        """Binary COPY of the Parquet file into a new table (a temporary one when ``schema`` is None)."""
+    def _ingest(
+        cur: Any, p: _PreparedUpload, table: str, *, schema: str | None, mode: Literal["create", "append"] = "create"
+    ) -> None:
+        """Binary COPY of the Parquet file into ``table`` (a new temporary table when ``schema`` is None).
+        Columns are matched by name."""
         with pq.ParquetFile(p.parquet) as parquet:
             batches = parquet.iter_batches(batch_size=_UPLOAD_BATCH_ROWS, columns=p.schema.names)
             plain = (pa.RecordBatch.from_arrays(b.columns, schema=p.schema) for b in batches)
             reader = pa.RecordBatchReader.from_batches(p.schema, plain)
-            cur.adbc_ingest(table, reader, mode="create", db_schema_name=schema, temporary=schema is None)
+            cur.adbc_ingest(table, reader, mode=mode, db_schema_name=schema, temporary=schema is None)
 
     def close(self) -> None:
         """Nothing to release: every operation uses its own connection."""

@@ -23,5 +23,5 @@ $B/python - <<'PY'
 import duckdb
 con = duckdb.connect("warehouse.duckdb", read_only=True)
 for (t,) in con.sql("select table_schema||'.'||table_name from information_schema.tables where table_schema='analytics' order by 1").fetchall():
-    print(f"{t}: {con.sql(f'select count(*) from {t}').fetchone()[0]} rows")
+    print(f"{t}: {con.sql(f'select count(*) from {t}').fetchall()[0][0]} rows")
 PY

@@ -8,6 +8,7 @@ import http.server
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -404,6 +405,48 @@ def test_memory_limit(run_dir: Path) -> None:
     assert "memory" in str(e).lower() and "600 MB" in str(e)
 
 
+@pytest.mark.kernel
+def test_kernel_that_cannot_start_fails_with_its_output(run_dir: Path) -> None:
+    config = SandboxConfig(backend="bwrap", timeout_s=60, memory_limit_mb=20)
+    with pytest.raises(DagsterBentoKernelDiedError) as info:
+        execute_notebook(_nb("print(1)"), run_dir=run_dir, config=config, notebook_label="tiny.ipynb")
+    e = info.value
+    assert e.cell is None and "during startup" in str(e) and "20 MB" in str(e)
+    assert "MemoryError" in str(e)  # the kernel's own stderr is quoted
+
+
+@pytest.mark.kernel
+def test_works_when_called_from_a_running_event_loop(run_dir: Path) -> None:
+    import asyncio
+
+    async def caller() -> nbformat.NotebookNode:
+        return execute_notebook(_nb("print('in loop')"), run_dir=run_dir, config=BWRAP, notebook_label="l")
+
+    out = asyncio.run(caller())
+    assert _stdout(out.cells[0]) == "in loop\n"
+
+
+@pytest.mark.kernel
+def test_interrupt_kills_the_kernel_and_propagates(run_dir: Path) -> None:
+    """Dagster stops a run with SIGINT -> an exception in the op's thread. That exception must come
+    out of execute_notebook (not be turned into a "kernel died" failure by nbclient's own signal
+    handlers) and the kernel must be gone."""
+    import psutil
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            execute_notebook(_nb("import time; time.sleep(30)"), run_dir=run_dir, config=BWRAP, notebook_label="i")
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert time.monotonic() - start < 10
+    assert not [p for p in psutil.Process().children(recursive=True) if p.is_running() and p.status() != "zombie"]
+
+
 # --------------------------------------------------------------------------------------------------
 # backend="none"
 # --------------------------------------------------------------------------------------------------
@@ -501,3 +544,19 @@ def test_config_validation() -> None:
         SandboxConfig(timeout_s=0)
     with pytest.raises(ValueError, match="extra_ro_binds"):
         SandboxConfig(extra_ro_binds=("relative/path",))
+
+
+def test_missing_extra_bind_is_unavailable() -> None:
+    config = SandboxConfig(backend="bwrap", extra_ro_binds=("/nonexistent-bento-bind",))
+    with pytest.raises(DagsterBentoSandboxUnavailableError, match="nonexistent-bento-bind"):
+        check_sandbox_available(config)
+
+
+def test_docker_kernel_manager_uses_container_provisioner(run_dir: Path) -> None:
+    config = SandboxConfig(backend="docker", docker_image="bento-kernel:1")
+    state = sandbox._prepare_state_dir(config, run_dir, "d.ipynb")
+    km = sandbox._make_kernel_manager(config, run_dir, state)
+    assert isinstance(km.provisioner, sandbox._DockerProvisioner)
+    assert km.transport == "ipc" and km.ip.startswith(str(run_dir))
+    assert Path(km.connection_file).parent == state
+    assert not km.has_kernel

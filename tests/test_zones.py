@@ -358,6 +358,26 @@ def test_glob_specificity_exact_then_longest_prefix() -> None:
     assert p._globs == ("ev.clicks_*", "ev.views_?", "ev.*")
 
 
+@pytest.mark.parametrize(
+    ("a", "b", "overlap"),
+    [
+        ("ev.*", "ev.clicks_*", True),
+        ("ev.clicks_*", "ads.*", False),
+        ("a.x?", "a.*y", True),
+        ("a.x?", "a.x", False),
+        ("a.day_[0-9]*", "a.day_x*", False),
+        ("a.day_[0-9]*", "a.day_[!a-z]", True),
+        ("a.*_1", "a.*_2", False),
+        ("*", "a.b", True),
+    ],
+)
+def test_glob_overlap(a: str, b: str, overlap: bool) -> None:
+    from dagster_bento.zones import _globs_overlap
+
+    assert _globs_overlap(a, b) is overlap
+    assert _globs_overlap(b, a) is overlap
+
+
 def test_glob_keys_with_character_classes() -> None:
     p = PurposePolicy(
         zones={"A": Zone("A", fs("A"))},

@@ -11,7 +11,7 @@ Backends:
 * ``bwrap`` (default, local and CI): bubblewrap with every namespace unshared, all capabilities
   dropped, a clean environment and a filesystem that contains only the OS libraries, the Python
   installation, the virtualenv (read-only) and the run directory (read-write). See
-  ``/work/shared/research/performance-baselines.md`` section E for why each flag is there.
+  the research notes (performance-baselines.md, section E) for why each flag is there.
 * ``docker`` (production): the kernel runs in a container with ``network_mode="none"``, a read-only
   root filesystem and the run directory bind-mounted at the same path.
 * ``none``: no sandbox, for local development only; it warns on every run.
@@ -21,15 +21,16 @@ The sandbox is never skipped silently: if it cannot be set up, the run fails wit
 """
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import copy
 import dataclasses
+import grp
 import json
 import logging
 import os
 import pwd
-import grp
 import shutil
 import signal
 import subprocess
@@ -109,6 +110,14 @@ NONE_BACKEND_WARNING = (
 
 _T = TypeVar("_T")
 
+# nbclient and jupyter_client log every cell's source and the full kernel argv at debug level; that
+# goes to this stdlib logger, not to the caller's (Dagster's) log, which gets only what matters.
+_INTERNAL_LOG = logging.getLogger(__name__ + ".kernel")
+
+# Probes that succeeded in this process, so the ~70 ms probe is paid once, not per run. Only
+# successes are cached: a sandbox that breaks later still fails the run (at kernel start).
+_BWRAP_PROBED_OK: set[tuple[str, str, tuple[str, ...]]] = set()
+
 
 @dataclasses.dataclass(frozen=True)
 class SandboxConfig:
@@ -179,7 +188,8 @@ def _check_bwrap(config: SandboxConfig) -> None:
     """Start a throwaway sandbox with the real argv and a trivial Python command.
 
     This proves the namespaces can be created *and* that the interpreter resolves inside the
-    restricted filesystem (~30 ms), which is the failure people actually hit.
+    restricted filesystem, which is the failure people actually hit. It costs ~70 ms, so a
+    success is remembered for the rest of the process.
     """
     bwrap = _require(
         BWRAP_EXECUTABLE,
@@ -189,6 +199,9 @@ def _check_bwrap(config: SandboxConfig) -> None:
         "unsandboxed unless backend='none' is set explicitly.",
     )
     env = _require(ENV_EXECUTABLE, "env", "Install coreutils.")
+    cache_key = (bwrap, sys.executable, config.extra_ro_binds)
+    if cache_key in _BWRAP_PROBED_OK:
+        return
     with tempfile.TemporaryDirectory(prefix="bento-probe-") as tmp:
         probe_dir = Path(tmp).resolve()
         state = probe_dir / STATE_DIR_NAME
@@ -204,12 +217,13 @@ def _check_bwrap(config: SandboxConfig) -> None:
             ) from e
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip() or f"exit status {proc.returncode}"
-        hints = " ".join(_namespace_hints(detail))
+        hints = "".join(f"{h} " for h in _namespace_hints(detail))
         raise DagsterBentoSandboxUnavailableError(
             f"bubblewrap at {bwrap} cannot create the kernel sandbox: {detail}. {hints}"
             "Fix this, or use SandboxConfig(backend='docker'); dagster-bento does not fall back "
             "to running the notebook unsandboxed."
         )
+    _BWRAP_PROBED_OK.add(cache_key)
 
 
 def _read_sysctl(path: str) -> str | None:
@@ -281,7 +295,7 @@ def _docker_client() -> Any:
     try:
         client = docker.from_env(timeout=10)
         client.ping()
-    except docker.errors.DockerException as e:
+    except Exception as e:  # DockerException, or requests' ConnectionError from ping()
         raise DagsterBentoSandboxUnavailableError(
             f"The Docker engine at {docker_host} is not reachable ({e}). Start the Docker daemon "
             "or point DOCKER_HOST at a running engine, or use SandboxConfig(backend='bwrap')."
@@ -432,6 +446,9 @@ def docker_container_kwargs(config: SandboxConfig, run_dir: Path, connection_fil
 
     The run dir is mounted at the same path so the connection file and the ipc sockets it names
     mean the same thing on both sides. No network, no capabilities, read-only root, no host env.
+    This needs the engine on the same host (a local socket, not a remote DOCKER_HOST or a Docker
+    Desktop VM), because nbclient connects to the kernel's Unix sockets in the bind mount.
+    The image must provide ``python`` with ipykernel and the notebook's libraries.
     """
     if not config.docker_image:
         raise ValueError("docker_image is required for backend='docker'")
@@ -472,6 +489,8 @@ class _DockerProvisioner(LocalProvisioner):  # type: ignore[misc]
     """Launches the kernel as a container; lifecycle calls map onto the container.
 
     Reuses LocalProvisioner.pre_launch, which writes the connection file into the run dir.
+    ``cleanup`` keeps the stopped container so its logs and OOM flag can go into the error message;
+    `execute_notebook` calls `remove` at the very end of every run.
     """
 
     config_for_run: Any = None
@@ -493,7 +512,10 @@ class _DockerProvisioner(LocalProvisioner):  # type: ignore[misc]
     async def poll(self) -> int | None:
         if self.container is None:
             return 0
-        await asyncio.to_thread(self.container.reload)
+        try:
+            await asyncio.to_thread(self.container.reload)
+        except Exception:  # removed behind our back, or the engine went away: treat as dead
+            return 255
         state = self.container.attrs.get("State", {})
         if state.get("Status") in ("created", "running", "restarting"):
             return None
@@ -516,6 +538,9 @@ class _DockerProvisioner(LocalProvisioner):  # type: ignore[misc]
         await self.send_signal(signal.SIGTERM)
 
     async def cleanup(self, restart: bool = False) -> None:
+        pass
+
+    async def remove(self) -> None:
         if self.container is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.container.remove, force=True)
@@ -572,16 +597,20 @@ def _prepare_state_dir(config: SandboxConfig, run_dir: Path, label: str) -> Path
     return state
 
 
-def _make_kernel_manager(config: SandboxConfig, run_dir: Path, state: Path, log: logging.Logger) -> AsyncKernelManager:
+def _make_kernel_manager(
+    config: SandboxConfig, run_dir: Path, state: Path
+) -> AsyncKernelManager:
     """An async kernel manager (a dead kernel must surface as DeadKernelError, not a hang) that uses
     our own kernelspec and keeps every file it creates inside the run directory."""
     km = AsyncKernelManager(
         kernel_name=KERNEL_NAME,
-        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(state / "kernels")], ensure_native_kernel=False),
+        kernel_spec_manager=KernelSpecManager(
+            kernel_dirs=[str(state / "kernels")], ensure_native_kernel=False
+        ),
         transport="ipc",
         ip=str(state / "ipc"),
         connection_file=str(state / "connection.json"),
-        log=log,
+        log=_INTERNAL_LOG,
     )
     km.kernel_id = str(uuid.uuid4())
     if config.backend == "docker":
@@ -593,13 +622,51 @@ def _make_kernel_manager(config: SandboxConfig, run_dir: Path, state: Path, log:
 
 
 def _run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
-    """Run a coroutine from synchronous code, even if this thread already has a running loop."""
+    """Run ``coro`` on a fresh event loop in a worker thread and wait for it.
+
+    Why a thread: nbclient installs SIGINT/SIGTERM handlers on a main-thread loop, which would
+    swallow Dagster's run-termination interrupt and turn it into a "kernel died" failure. On a worker
+    thread it cannot, and the interrupt arrives here, in the caller's thread: the run is cancelled
+    (which kills the kernel) and the interrupt is re-raised. It also works when the caller already
+    has a running loop.
+    """
+    loop = asyncio.new_event_loop()
+
+    def run() -> _T:
+        try:
+            return loop.run_until_complete(coro)
+        finally:
+            with contextlib.suppress(Exception):
+                _cancel_all_tasks(loop)
+            loop.close()
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bento-kernel")
+    future = pool.submit(run)
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
+        return future.result()
+    except BaseException:
+        if not future.done():  # interrupted while waiting: stop the run, kill the kernel, re-raise
+            with contextlib.suppress(RuntimeError):  # the loop finished (closed) in the meantime
+                loop.call_soon_threadsafe(_cancel_all_tasks_soon, loop)
+            concurrent.futures.wait([future])
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _cancel_all_tasks_soon(loop: asyncio.AbstractEventLoop) -> None:
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+
+
+def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """What asyncio.run does on exit: cancel leftovers (nbclient's kernel-alive poller) and reap them."""
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
 
 
 def execute_notebook(
@@ -618,31 +685,46 @@ def execute_notebook(
     """
     log = log or logging.getLogger(__name__)
     run_dir = Path(run_dir).resolve()
+    executed = copy.deepcopy(nb)
+    try:
+        _check_before_run(config, run_dir, notebook_label)
+        if config.backend == "none":
+            log.warning(NONE_BACKEND_WARNING)
+        log.info(_describe_run(config, notebook_label))
+        state = _prepare_state_dir(config, run_dir, notebook_label)
+        try:
+            _run_sync(_execute(executed, run_dir, state, config, notebook_label))
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+    except DagsterBentoRunError as e:
+        # Every run error carries the notebook as far as it got (unexecuted if the kernel never ran).
+        e.executed_nb = executed  # type: ignore[attr-defined]
+        raise
+    return executed
+
+
+def _describe_run(config: SandboxConfig, label: str) -> str:
+    memory = f"{config.memory_limit_mb} MB" if config.memory_limit_mb is not None else "none"
+    cell = f", {config.cell_timeout_s:g} s per cell" if config.cell_timeout_s is not None else ""
+    return (
+        f"executing {label} in a {config.backend} sandbox (memory limit {memory}, "
+        f"time limit {config.timeout_s:g} s{cell})"
+    )
+
+
+def _check_before_run(config: SandboxConfig, run_dir: Path, label: str) -> None:
     if not run_dir.is_dir():
         raise DagsterBentoSandboxUnavailableError(
-            f"{notebook_label}: run directory {run_dir} does not exist; create it before the run.",
-            notebook=notebook_label,
+            f"{label}: run directory {run_dir} does not exist; create it before the run.", notebook=label
         )
     try:
         check_sandbox_available(config)
     except DagsterBentoSandboxUnavailableError as e:
-        raise DagsterBentoSandboxUnavailableError(f"{notebook_label}: {e.message}", notebook=notebook_label) from e
-    if config.backend == "none":
-        log.warning(NONE_BACKEND_WARNING)
-    executed = copy.deepcopy(nb)
-    state = _prepare_state_dir(config, run_dir, notebook_label)
-    try:
-        _run_sync(_execute(executed, run_dir, state, config, notebook_label, log))
-    except DagsterBentoRunError as e:
-        e.executed_nb = executed  # type: ignore[attr-defined]
-        raise
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
-    return executed
+        raise DagsterBentoSandboxUnavailableError(f"{label}: {e.message}", notebook=label) from e
 
 
 async def _execute(
-    nb: NotebookNode, run_dir: Path, state: Path, config: SandboxConfig, label: str, log: logging.Logger
+    nb: NotebookNode, run_dir: Path, state: Path, config: SandboxConfig, label: str
 ) -> None:
     progress = _Progress()
 
@@ -652,7 +734,8 @@ async def _execute(
     def on_notebook_start(notebook: NotebookNode) -> None:
         progress.kernel_ready = True
 
-    km = _make_kernel_manager(config, run_dir, state, log)
+    km = _make_kernel_manager(config, run_dir, state)
+    docker_provisioner = km.provisioner if isinstance(km.provisioner, _DockerProvisioner) else None
     client = NotebookClient(
         nb,
         km=km,
@@ -666,11 +749,13 @@ async def _execute(
         interrupt_on_timeout=False,
         on_cell_execute=on_cell_execute,
         on_notebook_start=on_notebook_start,
-        log=log,
+        log=_INTERNAL_LOG,
     )
     kernel_log_path = state / "kernel.log"
     with open(kernel_log_path, "ab") as kernel_log:
-        task = asyncio.ensure_future(client.async_execute(env={}, stdout=subprocess.DEVNULL, stderr=kernel_log))
+        # env={}: belt and braces with the argv's `env -i`. stdout only carries ipykernel's banner.
+        run = client.async_execute(env={}, stdout=subprocess.DEVNULL, stderr=kernel_log)
+        task = asyncio.ensure_future(run)
         try:
             done, _ = await asyncio.wait({task}, timeout=config.timeout_s)
             if not done:
@@ -697,6 +782,8 @@ async def _execute(
                 ) from e
         finally:
             await _shutdown(client, km)
+            if docker_provisioner is not None:
+                await docker_provisioner.remove()
 
 
 async def _cancel(task: "asyncio.Future[Any]") -> None:
@@ -708,6 +795,8 @@ async def _cancel(task: "asyncio.Future[Any]") -> None:
 
 async def _shutdown(client: NotebookClient, km: AsyncKernelManager) -> None:
     """Kill the kernel immediately and release sockets; nbclient leaves this to us since we own km."""
+    # nbclient registers an atexit hook and only removes it on the happy path.
+    atexit.unregister(client._cleanup_kernel)
     kc = client.kc
     if kc is not None:
         with contextlib.suppress(Exception):
@@ -738,11 +827,17 @@ def _describe_exit(status: int | None) -> str:
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
+    """The useful part of the kernel's stderr: from a fatal error (faulthandler prints every
+    thread's stack after it, which would push the cause out of a plain tail), else the last lines."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.strip().splitlines()[-lines:])
+    all_lines = text.strip().splitlines()
+    for i, line in enumerate(all_lines):
+        if line.startswith("Fatal Python error"):
+            return "\n".join(all_lines[max(0, i - 3) : i + lines])
+    return "\n".join(all_lines[-lines:])
 
 
 def _where(progress: _Progress) -> str:
@@ -840,8 +935,19 @@ async def _startup_error(
             notebook=label,
         )
     status = await _exit_status(km)
+    causes = [
+        "ipykernel is missing from the kernel's Python environment",
+        "the sandbox hides a file the kernel needs (SandboxConfig.extra_ro_binds)",
+    ]
+    if config.memory_limit_mb is not None:
+        memory = (
+            f"the memory limit of {config.memory_limit_mb} MB is too small to start Python "
+            "(SandboxConfig.memory_limit_mb)"
+        )
+        looks_like_memory = any(w in tail for w in ("MemoryError", "Cannot allocate", "Resource temporarily"))
+        causes.insert(0 if looks_like_memory else len(causes), memory)
     return DagsterBentoKernelDiedError(
         f"{label}: the {config.backend} kernel exited during startup ({_describe_exit(status)}): {e}. "
-        f"Check that ipykernel is installed in the environment the kernel uses.{detail}",
+        f"Likely causes: {'; or '.join(causes)}.{detail}",
         notebook=label,
     )

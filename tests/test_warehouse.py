@@ -1,0 +1,634 @@
+"""Warehouse tests against real DuckDB files (in tmp_path) and the real PostgreSQL on 127.0.0.1:5432."""
+
+import dataclasses
+import datetime as dt
+import multiprocessing
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dagster_bento.errors import DagsterBentoFetchError, DagsterBentoOutputError, DagsterBentoUploadError
+from dagster_bento.warehouse import (
+    ColumnInfo,
+    DuckDBWarehouse,
+    PostgresWarehouse,
+    UploadRequest,
+    Warehouse,
+    csv_schema_path,
+    register_warehouse,
+    warehouse_from_url,
+)
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+NB = "notebooks/revenue.ipynb"
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixtures: one "Env" per warehouse kind, with a way to run setup/check SQL outside the warehouse API
+
+
+@dataclasses.dataclass
+class Env:
+    wh: Warehouse
+    schema: str
+    execute: Callable[[str], list[tuple[Any, ...]]]
+    tmp: Path
+
+    def t(self, name: str) -> str:
+        return f"{self.schema}.{name}"
+
+    def scalar(self, sql: str) -> Any:
+        return self.execute(sql)[0][0]
+
+    def count(self, table: str) -> int:
+        return int(self.scalar(f"SELECT count(*) FROM {table}"))
+
+    def exists(self, table: str) -> bool:
+        return self.wh.table_exists(table)
+
+    def parquet(self, name: str, data: dict[str, Any] | pa.Table) -> Path:
+        path = self.tmp / f"{name}.parquet"
+        table = data if isinstance(data, pa.Table) else pa.table(data)
+        pq.write_table(table, path)
+        return path
+
+
+def _duck_execute(path: Path) -> Callable[[str], list[tuple[Any, ...]]]:
+    def execute(sql: str) -> list[tuple[Any, ...]]:
+        con = duckdb.connect(str(path))
+        try:
+            rel = con.sql(sql)
+            return rel.fetchall() if rel is not None else []
+        finally:
+            con.close()
+
+    return execute
+
+
+def _pg_execute(sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        cur = conn.execute(sql)
+        return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    try:
+        with psycopg.connect(PG_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError as err:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {PG_URL} ({err}). The postgres-marked tests need it: start the "
+            "server on 127.0.0.1:5432 (trust auth, database 'test'), or deselect them with -m 'not postgres'.",
+            pytrace=False,
+        )
+    schema = f"bt_{uuid.uuid4().hex[:10]}"
+    yield schema
+    _pg_execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    if _pg_execute("SELECT to_regclass('bento_meta.landings') IS NOT NULL")[0][0]:
+        _pg_execute(f"DELETE FROM bento_meta.landings WHERE table_name LIKE '{schema}.%'")
+        _pg_execute(f"DELETE FROM bento_meta.table_labels WHERE table_name LIKE '{schema}.%'")
+
+
+@pytest.fixture
+def duck_env(tmp_path: Path) -> Iterator[Env]:
+    db = tmp_path / "wh.duckdb"
+    wh = DuckDBWarehouse(db)
+    _duck_execute(db)("CREATE SCHEMA analytics")
+    yield Env(wh, "analytics", _duck_execute(db), tmp_path)
+    wh.close()
+
+
+@pytest.fixture
+def pg_env(pg_schema: str, tmp_path: Path) -> Iterator[Env]:
+    _pg_execute(f'CREATE SCHEMA "{pg_schema}"')
+    wh = PostgresWarehouse(PG_URL)
+    yield Env(wh, pg_schema, _pg_execute, tmp_path)
+    wh.close()
+
+
+@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
+def env(request: pytest.FixtureRequest) -> Env:
+    return request.getfixturevalue("duck_env" if request.param == "duckdb" else "pg_env")
+
+
+# --------------------------------------------------------------------------------------------------
+# URLs
+
+
+def test_duckdb_url_relative_path_resolves_against_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    wh = warehouse_from_url("duckdb:///data/wh.duckdb")
+    assert isinstance(wh, DuckDBWarehouse)
+    assert (wh.kind, wh.dialect) == ("duckdb", "duckdb")
+    assert wh.path == tmp_path / "data" / "wh.duckdb"
+    assert wh.url == "duckdb:///data/wh.duckdb"
+    assert wh.table_exists("main.nothing") is False  # creates the file (and its directory) on first use
+    assert wh.path.exists()
+
+
+def test_duckdb_url_absolute_and_memory(tmp_path: Path) -> None:
+    wh = warehouse_from_url(f"duckdb:///{tmp_path}/abs.duckdb?lock_timeout=7")
+    assert isinstance(wh, DuckDBWarehouse)
+    assert wh.path == tmp_path / "abs.duckdb"
+    assert wh.lock_timeout == 7.0
+    assert wh.lock_path == tmp_path / "abs.duckdb.bento.lock"
+    mem = warehouse_from_url("duckdb:///:memory:")
+    assert isinstance(mem, DuckDBWarehouse) and mem.path is None
+    mem.close()
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg", "postgresql+adbc", "postgres"])
+def test_postgres_url_masks_password(scheme: str) -> None:
+    wh = warehouse_from_url(f"{scheme}://alice:s3cr%40t@db.example.com:6543/sales?sslmode=require")
+    assert isinstance(wh, PostgresWarehouse)
+    assert (wh.kind, wh.dialect) == ("postgres", "postgres")
+    assert "s3cr" not in wh.url and "***" in wh.url
+    assert "db.example.com:6543/sales" in wh.url and "s3cr" not in repr(wh)
+    assert wh._uri == "postgresql://alice:s3cr%40t@db.example.com:6543/sales?sslmode=require"
+
+
+def test_unknown_scheme_and_register_warehouse(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import dagster_bento.warehouse as module
+
+    with pytest.raises(ValueError, match="No warehouse is registered for URL scheme 'snowflake'.*duckdb, postgresql"):
+        warehouse_from_url("snowflake://u:pw@acct/db")
+    monkeypatch.setattr(module, "_FACTORIES", dict(module._FACTORIES))
+    seen: list[str] = []
+
+    def factory(url: str) -> Warehouse:
+        seen.append(url)
+        return DuckDBWarehouse(tmp_path / "custom.duckdb", url=url)
+
+    register_warehouse("snowflake", factory)
+    wh = warehouse_from_url("snowflake://u:pw@acct/db")
+    assert seen == ["snowflake://u:pw@acct/db"] and isinstance(wh, DuckDBWarehouse)
+    assert "pw" not in wh.url
+
+
+# --------------------------------------------------------------------------------------------------
+# Fetch
+
+
+def test_duckdb_fetch_writes_parquet_with_rows_and_types(duck_env: Env) -> None:
+    duck_env.execute(
+        "CREATE TABLE analytics.orders AS SELECT range AS id, (range % 3)::INTEGER AS qty, 'x' || range AS name "
+        "FROM range(10)"
+    )
+    out = duck_env.tmp / "out" / "orders.parquet"
+    result = duck_env.wh.fetch(
+        "SELECT id, qty, name FROM analytics.orders WHERE id < 5 ORDER BY id; -- trailing\n", out, notebook=NB, cell=2
+    )
+    assert result.path == out and result.rows == 5 and result.seconds >= 0
+    assert result.columns == (ColumnInfo("id", "BIGINT"), ColumnInfo("qty", "INTEGER"), ColumnInfo("name", "VARCHAR"))
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == [0, 1, 2, 3, 4]
+    assert table.schema.field("qty").type == pa.int32()
+    assert [p.name for p in out.parent.iterdir()] == ["orders.parquet"]  # no temp files left
+
+
+@pytest.mark.postgres
+def test_postgres_fetch_writes_parquet_with_rows_and_types(pg_env: Env) -> None:
+    t = pg_env.t("orders")
+    pg_env.execute(
+        f"CREATE TABLE {t} AS SELECT g::bigint AS id, (g % 3)::int AS qty, 'x' || g AS name, "
+        "(g / 4.0)::numeric(10,2) AS amount FROM generate_series(0, 9) g"
+    )
+    out = pg_env.tmp / "orders.parquet"
+    result = pg_env.wh.fetch(f"SELECT * FROM {t} WHERE id < 5 ORDER BY id;", out, notebook=NB, cell=2)
+    assert result.rows == 5
+    assert result.columns == (
+        ColumnInfo("id", "bigint"),
+        ColumnInfo("qty", "integer"),
+        ColumnInfo("name", "text"),
+        ColumnInfo("amount", "numeric(10,2)"),
+    )
+    table = pq.read_table(out)
+    assert table.schema.field("amount").type == pa.decimal128(10, 2)
+    assert [str(v) for v in table.column("amount").to_pylist()] == ["0.00", "0.25", "0.50", "0.75", "1.00"]
+
+
+@pytest.mark.postgres
+def test_postgres_fetch_empty_result_keeps_schema(pg_env: Env) -> None:
+    out = pg_env.tmp / "empty.parquet"
+    result = pg_env.wh.fetch("SELECT 1::bigint AS a, 'x'::text AS b WHERE false", out)
+    assert result.rows == 0
+    assert pq.read_schema(out).names == ["a", "b"]
+
+
+def test_fetch_bad_sql_names_notebook_and_cell(env: Env) -> None:
+    out = env.tmp / "bad.parquet"
+    with pytest.raises(DagsterBentoFetchError) as info:
+        env.wh.fetch(f"SELECT * FROM {env.t('no_such_table')}", out, notebook=NB, cell=3)
+    err = info.value
+    assert err.notebook == NB and err.cell == 3
+    assert f"SQL cell 3 of {NB}" in str(err)
+    assert "no_such_table" in str(err) and "does not exist" in str(err)
+    assert not out.exists()
+
+
+def test_fetch_refuses_multiple_statements(env: Env) -> None:
+    with pytest.raises(DagsterBentoFetchError, match="more than one statement"):
+        env.wh.fetch("SELECT 1; SELECT 2", env.tmp / "x.parquet", notebook=NB, cell=1)
+    # a semicolon inside a string literal is not a statement separator
+    result = env.wh.fetch("SELECT ';' AS s;;", env.tmp / "y.parquet")
+    assert pq.read_table(result.path).column("s").to_pylist() == [";"]
+
+
+def test_fetch_is_read_only(env: Env) -> None:
+    with pytest.raises(DagsterBentoFetchError):
+        env.wh.fetch(f"CREATE TABLE {env.t('sneaky')} AS SELECT 1 AS a", env.tmp / "x.parquet", notebook=NB, cell=1)
+    assert not env.exists(env.t("sneaky"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Type fidelity: warehouse -> fetch -> pandas (pyarrow dtypes) -> to_parquet -> upload -> compare in SQL
+
+_SRC_COLUMNS = (
+    "id BIGINT, big BIGINT, dbl DOUBLE PRECISION, s TEXT, b BOOLEAN, ts TIMESTAMP WITH TIME ZONE, d DATE, tsn TIMESTAMP"
+)
+_SRC_ROWS = (
+    "(1, 9007199254740993, 1.5, 'O''Brien, \"Jr\"' || chr(10) || 'line2', true, "
+    "'2024-03-10 01:30:00.123456+00', '2024-03-10', '2024-03-10 01:30:00.654321'), "
+    "(2, NULL, NULL, '', NULL, NULL, NULL, NULL), "
+    "(3, -1152921504606846977, -0.1, NULL, false, '1970-01-01 00:00:00+00', '1900-01-01', '1999-12-31 23:59:59'), "
+    "(4, 1152921504606846977, 1e-300, 'a,b', true, '2262-04-11 23:47:16.854775+00', '2999-12-31', "
+    "'2000-01-01 00:00:00')"
+)
+
+
+def test_type_round_trip_is_exact(env: Env) -> None:
+    src, dst = env.t("src"), env.t("dst")
+    env.execute(f"CREATE TABLE {src} ({_SRC_COLUMNS})")
+    env.execute(f"INSERT INTO {src} VALUES {_SRC_ROWS}")
+    fetched = env.wh.fetch(f"SELECT * FROM {src}", env.tmp / "src.parquet", notebook=NB, cell=1)
+    assert fetched.rows == 4
+
+    df = pd.read_parquet(fetched.path, dtype_backend="pyarrow")
+    assert str(df["big"].dtype) == "int64[pyarrow]"
+    out = env.tmp / "dst.parquet"
+    df.to_parquet(out, index=False)
+
+    [result] = env.wh.upload([UploadRequest(dst, out, notebook=NB, cell=4)], run_id="r1")
+    assert (result.table, result.rows_written, result.rows_in_table) == (dst, 4, 4)
+    assert env.wh.table_columns(dst) == env.wh.table_columns(src)  # same names, same warehouse types
+    assert env.count(f"(SELECT * FROM {src} EXCEPT SELECT * FROM {dst}) x") == 0
+    assert env.count(f"(SELECT * FROM {dst} EXCEPT SELECT * FROM {src}) x") == 0
+    assert env.scalar(f"SELECT count(*) FROM {dst} WHERE s = ''") == 1
+    assert env.scalar(f"SELECT count(*) FROM {dst} WHERE s IS NULL") == 1
+    assert env.scalar(f"SELECT big FROM {dst} WHERE id = 1") == 2**53 + 1
+    assert env.scalar(f"SELECT s FROM {dst} WHERE id = 1") == 'O\'Brien, "Jr"\nline2'
+
+
+# --------------------------------------------------------------------------------------------------
+# Upload semantics
+
+
+def test_overwrite_replaces_rows_and_columns(env: Env) -> None:
+    t = env.t("daily")
+    first = env.parquet("first", {"id": [1, 2, 3], "name": ["a", "b", "c"]})
+    second = env.parquet("second", {"id": [10, 20], "amount": [1.5, 2.5]})
+    [r1] = env.wh.upload([UploadRequest(t, first)], run_id="r1", notebook=NB)
+    assert (r1.rows_written, r1.rows_in_table) == (3, 3)
+    [r2] = env.wh.upload([UploadRequest(t, second, mode="overwrite")], run_id="r2", notebook=NB)
+    assert (r2.rows_written, r2.rows_in_table) == (2, 2)
+    assert [c.name for c in r2.columns] == ["id", "amount"]
+    assert sorted(r[0] for r in env.execute(f"SELECT id FROM {t}")) == [10, 20]
+
+
+def test_append_adds_rows_matching_by_name_with_widening(env: Env) -> None:
+    t = env.t("events")
+    env.wh.upload([UploadRequest(t, env.parquet("a", {"id": [1, 2], "name": ["a", "b"]}), mode="append")], run_id="r1")
+    # columns in another order, and int32 into a BIGINT column
+    more = env.parquet("b", pa.table({"name": ["c", "d", "e"], "id": pa.array([3, 4, 5], pa.int32())}))
+    [result] = env.wh.upload([UploadRequest(t, more, mode="append")], run_id="r2")
+    assert (result.rows_written, result.rows_in_table) == (3, 5)
+    assert sorted(env.execute(f"SELECT id, name FROM {t}")) == [(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "e")]
+    assert [c.type.lower() for c in env.wh.table_columns(t) or ()] == [
+        "bigint",
+        "text" if env.wh.kind == "postgres" else "varchar",
+    ]
+
+
+def test_overwrite_partition_semantics(env: Env) -> None:
+    t = env.t("sales")
+    d1, d2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
+    env.wh.upload([UploadRequest(t, env.parquet("p0", {"ds": [d1, d1, d2, d2], "amount": [1, 2, 3, 4]}))], run_id="r0")
+    replacement = env.parquet("p2", {"amount": [30, 31, 32], "ds": [d2, d2, d2]})
+    [result] = env.wh.upload(
+        [UploadRequest(t, replacement, mode="overwrite_partition", partition_value="2024-01-02")], run_id="r1"
+    )
+    assert (result.rows_written, result.rows_in_table) == (3, 5)
+    rows = sorted(env.execute(f"SELECT ds, amount FROM {t}"))
+    assert rows == [(d1, 1), (d1, 2), (d2, 30), (d2, 31), (d2, 32)]
+    # a new table is created by the first partition
+    fresh = env.t("fresh")
+    env.wh.upload(
+        [
+            UploadRequest(
+                fresh,
+                env.parquet("f", {"ds": ["2024-01-05"], "v": [1]}),
+                mode="overwrite_partition",
+                partition_value="2024-01-05",
+            )
+        ],
+        run_id="r2",
+    )
+    assert env.count(fresh) == 1
+    # text partition column: compared as text
+    env.wh.upload(
+        [
+            UploadRequest(
+                fresh,
+                env.parquet("f2", {"ds": ["2024-01-05", "2024-01-05"], "v": [2, 3]}),
+                mode="overwrite_partition",
+                partition_value="2024-01-05",
+            )
+        ],
+        run_id="r3",
+    )
+    assert sorted(r[0] for r in env.execute(f"SELECT v FROM {fresh}")) == [2, 3]
+
+
+def test_overwrite_partition_validates_rows(env: Env) -> None:
+    t = env.t("sales")
+    mixed = env.parquet("mixed", {"ds": [dt.date(2024, 1, 1), dt.date(2024, 1, 2), None], "amount": [1, 2, 3]})
+    with pytest.raises(DagsterBentoOutputError, match=r"2 of 3 rows have another ds") as info:
+        env.wh.upload(
+            [UploadRequest(t, mixed, mode="overwrite_partition", partition_value="2024-01-01", notebook=NB, cell=5)],
+            run_id="r1",
+        )
+    assert info.value.cell == 5 and f"write cell 5 of {NB}" in str(info.value)
+    no_ds = env.parquet("nods", {"amount": [1]})
+    with pytest.raises(DagsterBentoOutputError, match="has no such column"):
+        env.wh.upload([UploadRequest(t, no_ds, mode="overwrite_partition", partition_value="2024-01-01")], run_id="r1")
+    with pytest.raises(DagsterBentoOutputError, match="no partition value"):
+        env.wh.upload([UploadRequest(t, mixed, mode="overwrite_partition")], run_id="r1")
+    assert not env.exists(t)
+
+
+def test_append_column_mismatch_lists_columns_and_fix(env: Env) -> None:
+    t = env.t("customers")
+    env.wh.upload(
+        [UploadRequest(t, env.parquet("c0", {"id": [1], "name": ["a"], "signup": [dt.date(2024, 1, 1)]}))], run_id="r0"
+    )
+    bad = env.parquet("c1", {"id": ["not-an-int"], "nme": ["b"], "signup": [dt.date(2024, 1, 2)], "extra": [1.0]})
+    with pytest.raises(DagsterBentoOutputError) as info:
+        env.wh.upload([UploadRequest(t, bad, mode="append", notebook=NB, cell=7)], run_id="r1")
+    message = str(info.value)
+    assert f"write cell 7 of {NB} does not fit table {t}" in message
+    assert "missing columns (in the table, not in the output): name" in message
+    assert "extra columns (in the output, not in the table): nme, extra" in message
+    assert "incompatible types: id (output string" in message
+    assert "mode 'overwrite'" in message
+    assert env.count(t) == 1
+
+
+def test_missing_output_file(env: Env) -> None:
+    missing = env.tmp / "never_written.parquet"
+    with pytest.raises(DagsterBentoOutputError) as info:
+        env.wh.upload([UploadRequest(env.t("x"), missing, notebook=NB, cell=4)], run_id="r1")
+    assert f"write cell 4 of {NB} did not write {missing}" in str(info.value)
+    assert "must run to the end" in str(info.value)
+    assert info.value.notebook == NB and info.value.cell == 4
+
+
+def test_unreadable_parquet(env: Env) -> None:
+    garbage = env.tmp / "garbage.parquet"
+    garbage.write_text("id,name\n1,a\n")
+    with pytest.raises(DagsterBentoOutputError, match="not a readable Parquet file"):
+        env.wh.upload([UploadRequest(env.t("x"), garbage, notebook=NB, cell=4)], run_id="r1")
+
+
+def test_pandas_index_column_is_dropped(env: Env) -> None:
+    df = pd.DataFrame({"v": [1, 2]}, index=[10, 11])
+    path = env.tmp / "indexed.parquet"
+    df.to_parquet(path)  # writes __index_level_0__
+    [result] = env.wh.upload([UploadRequest(env.t("indexed"), path)], run_id="r1")
+    assert [c.name for c in result.columns] == ["v"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Atomicity and labels
+
+
+def test_failure_after_first_table_changes_nothing(env: Env) -> None:
+    a, b = env.t("a"), env.t("b")
+    env.wh.upload([UploadRequest(a, env.parquet("old", {"id": [1, 2]}), label=frozenset({"finance"}))], run_id="r0")
+    requests = [
+        UploadRequest(
+            a, env.parquet("new_a", {"id": [7, 8, 9, 10, 11]}), label=frozenset({"marketing"}), notebook=NB, cell=2
+        ),
+        UploadRequest(b, env.parquet("new_b", {"id": [1]}), notebook=NB, cell=3),
+    ]
+    with pytest.raises(DagsterBentoUploadError) as info:
+        env.wh.upload(requests, run_id="r1", _fail_after=1)  # type: ignore[call-arg]
+    assert "Nothing was written" in str(info.value) and "injected failure" in str(info.value)
+    assert sorted(r[0] for r in env.execute(f"SELECT id FROM {a}")) == [1, 2]
+    assert not env.exists(b)
+    assert env.wh.read_labels([a, b]) == {a: frozenset({"finance"})}
+
+
+def test_database_error_in_second_table_rolls_back_first(env: Env) -> None:
+    a, narrow = env.t("a"), env.t("narrow")
+    env.execute(f"CREATE TABLE {narrow} (v INTEGER)")
+    env.wh.upload([UploadRequest(a, env.parquet("old", {"id": [1, 2]}))], run_id="r0")
+    too_big = env.parquet("too_big", pa.table({"v": pa.array([2**40], pa.int64())}))
+    requests = [
+        UploadRequest(a, env.parquet("new_a", {"id": [5]}), mode="append"),
+        UploadRequest(narrow, too_big, mode="append", notebook=NB, cell=6),
+    ]
+    with pytest.raises(DagsterBentoUploadError) as info:
+        env.wh.upload(requests, run_id="r1")
+    message = str(info.value)
+    assert f"Loading table {narrow} (append" in message and f"write cell 6 of {NB}" in message
+    assert "Nothing was written" in message
+    assert info.value.notebook == NB and info.value.cell == 6
+    assert env.count(a) == 2 and env.count(narrow) == 0
+
+
+def test_labels_stored_with_data_and_kept_on_failure(env: Env) -> None:
+    t, other = env.t("labelled"), env.t("plain")
+    assert env.wh.read_labels([t]) == {}  # no label store yet
+    env.wh.upload(
+        [
+            UploadRequest(
+                t, env.parquet("l1", {"id": [1]}), label=frozenset({"pii", "finance"}), label_origin="reclassified"
+            ),
+            UploadRequest(other, env.parquet("p1", {"id": [1]})),
+        ],
+        run_id="run-1",
+        notebook=NB,
+    )
+    assert env.wh.read_labels([t, other, "analytics.unknown"]) == {t: frozenset({"pii", "finance"})}
+    row = env.execute(f"SELECT zones, origin, notebook, run_id FROM bento_meta.table_labels WHERE table_name = '{t}'")
+    assert row == [('["finance", "pii"]', "reclassified", NB, "run-1")]
+
+    with pytest.raises(DagsterBentoUploadError):
+        env.wh.upload(
+            [UploadRequest(t, env.parquet("l2", {"id": [2]}), label=frozenset({"finance"}))],
+            run_id="run-2",
+            _fail_after=1,
+        )  # type: ignore[call-arg]
+    assert env.wh.read_labels([t]) == {t: frozenset({"pii", "finance"})}
+
+    env.wh.upload([UploadRequest(t, env.parquet("l3", {"id": [3]}), label=frozenset({"finance"}))], run_id="run-3")
+    assert env.wh.read_labels([t]) == {t: frozenset({"finance"})}
+    landed = env.wh.last_modified([t, other, env.t("never")])
+    assert landed[env.t("never")] is None
+    stamp = landed[t]
+    assert stamp is not None and stamp.endswith("+00:00")
+    assert dt.datetime.fromisoformat(stamp) > dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    assert env.scalar(f"SELECT count(*) FROM bento_meta.landings WHERE table_name = '{t}'") == 2
+
+
+def test_table_schemas_and_exists(env: Env) -> None:
+    t = env.t("wide")
+    env.wh.upload([UploadRequest(t, env.parquet("w", {"id": [1], "name": ["x"]}), label=frozenset({"z"}))], run_id="r")
+    schemas = env.wh.table_schemas()
+    assert list(schemas[t]) == ["id", "name"]
+    assert not any(k.startswith("bento_meta.") for k in schemas)
+    assert env.wh.table_exists(t) and not env.wh.table_exists(env.t("nope"))
+    assert env.wh.table_columns(env.t("nope")) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# CSV opt-in
+
+
+def test_csv_fetch_and_upload_round_trip(env: Env) -> None:
+    src, dst = env.t("src"), env.t("dst_csv")
+    env.execute(f"CREATE TABLE {src} ({_SRC_COLUMNS})")
+    env.execute(f"INSERT INTO {src} VALUES {_SRC_ROWS}")
+    out = env.tmp / "src.csv"
+    fetched = env.wh.fetch(f"SELECT * FROM {src}", out, fmt="csv", notebook=NB, cell=1)
+    assert fetched.rows == 4 and csv_schema_path(out).exists()
+    env.wh.upload([UploadRequest(dst, out, fmt="csv")], run_id="r1")
+    assert env.wh.table_columns(dst) == env.wh.table_columns(src)
+    assert env.count(f"(SELECT * FROM {src} EXCEPT SELECT * FROM {dst}) x") == 0
+    assert env.count(f"(SELECT * FROM {dst} EXCEPT SELECT * FROM {src}) x") == 0
+
+
+def test_csv_append_uses_table_types_without_sidecar(env: Env) -> None:
+    t = env.t("csv_target")
+    env.execute(f"CREATE TABLE {t} (id BIGINT, flag BOOLEAN, ts TIMESTAMP WITH TIME ZONE, note TEXT)")
+    df = pd.DataFrame(
+        {
+            "id": pd.array([2**60 + 1, None], dtype="Int64"),
+            "flag": [True, False],
+            "ts": pd.to_datetime(["2024-01-01 01:02:03.5+00:00", "2024-06-01 00:00:00+00:00"], format="ISO8601"),
+            "note": ['say "hi", ok\nbye', "plain"],
+        }
+    )
+    path = env.tmp / "out.csv"
+    df.to_csv(path, index=False)
+    env.wh.upload([UploadRequest(t, path, mode="append", fmt="csv")], run_id="r1")
+    rows = env.execute(f"SELECT id, flag, note FROM {t} ORDER BY note")
+    assert rows == [(None, False, "plain"), (2**60 + 1, True, 'say "hi", ok\nbye')]
+    ts = env.scalar(f"SELECT min(ts) FROM {t}")
+    assert ts.astimezone(dt.timezone.utc) == dt.datetime(2024, 1, 1, 1, 2, 3, 500000, tzinfo=dt.timezone.utc)
+
+
+# --------------------------------------------------------------------------------------------------
+# Concurrency: two processes appending to the same table
+
+
+def _append_worker(url: str, table: str, path: str, times: int, start: Any) -> int:
+    start.wait(30)
+    wh = warehouse_from_url(url)
+    total = 0
+    for i in range(times):
+        [result] = wh.upload([UploadRequest(table, Path(path), mode="append")], run_id=f"w{i}")
+        total += result.rows_written
+    wh.close()
+    return total
+
+
+def _run_concurrent_appends(
+    url: str, table: str, paths: list[Path], times: int, while_waiting: Callable[[], None]
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager, ctx.Pool(len(paths)) as pool:
+        start = manager.Event()
+        pending = [pool.apply_async(_append_worker, (url, table, str(p), times, start)) for p in paths]
+        start.set()
+        while not all(r.ready() for r in pending):
+            while_waiting()
+        totals = [r.get(timeout=120) for r in pending]  # re-raises a worker's error
+    assert totals == [pq.ParquetFile(p).metadata.num_rows * times for p in paths]
+
+
+def test_duckdb_concurrent_appends_from_two_processes(duck_env: Env) -> None:
+    t = duck_env.t("concurrent")
+    n, times = 2000, 8
+    paths = [duck_env.parquet(f"w{k}", {"worker": [k] * n, "i": list(range(n))}) for k in range(2)]
+    assert isinstance(duck_env.wh, DuckDBWarehouse)
+    url = f"duckdb:///{duck_env.wh.path}"
+    fetches: list[int] = []
+
+    def read_meanwhile() -> None:  # readers coexist with the writers in other processes
+        if duck_env.wh.table_exists(t):
+            fetches.append(duck_env.wh.fetch(f"SELECT count(*) AS c FROM {t}", duck_env.tmp / "c.parquet").rows)
+        time.sleep(0.01)
+
+    _run_concurrent_appends(url, t, paths, times, read_meanwhile)
+    assert fetches, "no fetch ran while the writers were busy"
+    assert duck_env.count(t) == 2 * n * times
+    assert duck_env.execute(f"SELECT worker, count(*) FROM {t} GROUP BY 1 ORDER BY 1") == [
+        (0, n * times),
+        (1, n * times),
+    ]
+    assert duck_env.scalar(f"SELECT count(*) FROM bento_meta.landings WHERE table_name = '{t}'") == 2 * times
+
+
+@pytest.mark.postgres
+def test_postgres_concurrent_appends_from_two_processes(pg_env: Env) -> None:
+    t = pg_env.t("concurrent")
+    n, times = 2000, 5
+    paths = [pg_env.parquet(f"w{k}", {"worker": [k] * n, "i": list(range(n))}) for k in range(2)]
+    _run_concurrent_appends(PG_URL, t, paths, times, lambda: time.sleep(0.05))
+    assert pg_env.count(t) == 2 * n * times
+    assert pg_env.execute(f"SELECT worker, count(*) FROM {t} GROUP BY 1 ORDER BY 1") == [(0, n * times), (1, n * times)]
+
+
+def test_duckdb_read_waits_for_writer_lock(duck_env: Env) -> None:
+    """A fetch while another holder has the write lock waits for it instead of failing."""
+    import threading
+
+    from dagster_bento.warehouse import _file_lock
+
+    wh = duck_env.wh
+    assert isinstance(wh, DuckDBWarehouse)
+    wh.table_exists("analytics.x")  # make sure the file exists
+    released = threading.Event()
+
+    def hold() -> None:
+        with _file_lock(wh.lock_path, exclusive=True, timeout=5):
+            time.sleep(0.4)
+            released.set()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    time.sleep(0.1)
+    result = wh.fetch("SELECT 1 AS one", duck_env.tmp / "one.parquet")
+    assert released.is_set() and result.rows == 1
+    thread.join()
+
+
+def test_duckdb_memory_warehouse_round_trip(tmp_path: Path) -> None:
+    wh = warehouse_from_url("duckdb:///:memory:")
+    pq.write_table(pa.table({"a": [1, 2]}), tmp_path / "a.parquet")
+    [result] = wh.upload([UploadRequest("t", tmp_path / "a.parquet")], run_id="r")
+    assert result.table == "main.t" and result.rows_in_table == 2
+    assert wh.fetch("SELECT sum(a) AS s FROM t", tmp_path / "s.parquet").rows == 1
+    assert pq.read_table(tmp_path / "s.parquet").column("s").to_pylist() == [3]
+    wh.close()
