@@ -27,13 +27,37 @@ REWRITE_VERSION = 1
 Format = Literal["parquet", "csv"]
 
 _CSV_HELPERS = '''\
+# CSV with a type sidecar (<file>.schema.json), the same format the orchestrator reads and writes.
+import json as _bento_json, re as _bento_re
+import pyarrow as _bento_pa, pyarrow.csv as _bento_pacsv
+
+
+def _bento_arrow_type(text):
+    stamp = _bento_re.fullmatch(r"timestamp\\[(s|ms|us|ns)(?:, tz=(.+))?\\]", text)
+    if stamp:
+        return _bento_pa.timestamp(stamp.group(1), tz=stamp.group(2))
+    decimal = _bento_re.fullmatch(r"decimal(128|256)\\((\\d+), (\\d+)\\)", text)
+    if decimal:
+        return _bento_pa.decimal128(int(decimal.group(2)), int(decimal.group(3)))
+    return _bento_pa.type_for_alias(text)
+
+
 def _bento_read_csv(path):
-    """Read a CSV written by the orchestrator with the column types recorded beside it."""
-    import json, pyarrow as pa, pyarrow.csv as pacsv
     with open(path + ".schema.json") as f:
-        types = {k: pa.type_for_alias(v) for k, v in json.load(f).items()}
-    table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True))
+        types = {k: _bento_arrow_type(v) for k, v in _bento_json.load(f)["columns"].items()}
+    options = _bento_pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
+                                          quoted_strings_can_be_null=False)
+    table = _bento_pacsv.read_csv(path, parse_options=_bento_pacsv.ParseOptions(newlines_in_values=True),
+                                  convert_options=options)
     return table.to_pandas(types_mapper=_bento_pd.ArrowDtype)
+
+
+def _bento_write_csv(df, path):
+    table = _bento_pa.Table.from_pandas(df, preserve_index=False)
+    _bento_pacsv.write_csv(table, path)
+    with open(path + ".schema.json", "w") as f:
+        _bento_json.dump({"format": "dagster-bento.csv-schema/1",
+                          "columns": {field.name: str(field.type) for field in table.schema}}, f)
 '''
 
 
@@ -53,7 +77,7 @@ def _read_line(var: str, path: str, fmt: Format) -> str:
 
 def _write_line(var: str, path: str, fmt: Format) -> str:
     if fmt == "csv":
-        return f'{var}.to_csv("{path}", index=False)'
+        return f'_bento_write_csv({var}, "{path}")'
     return f'{var}.to_parquet("{path}")'
 
 

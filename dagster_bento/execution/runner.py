@@ -27,7 +27,7 @@ from dagster_bento.errors import (
     DagsterBentoRunError,
 )
 from dagster_bento.execution import artifacts
-from dagster_bento.execution.rewrite import input_path, output_path, rewrite_notebook
+from dagster_bento.execution.rewrite import input_path, original_index, output_path, rewrite_notebook
 from dagster_bento.lineage import LineageConfig, LineageDataset, LineageEmitter
 from dagster_bento.notebook import parse_notebook
 from dagster_bento.project import POLICY_FILE, resolve_job
@@ -219,7 +219,8 @@ class BentoInvocation:
         start = time.perf_counter()
         try:
             executed = execute_notebook(nb, run_dir=run_dir, config=config, notebook_label=job.notebook_path,
-                                        log=_DagsterLogAdapter(self.log))
+                                        log=_DagsterLogAdapter(self.log),
+                                        cell_number=lambda index: original_index(nb, index))
         except DagsterBentoRunError as err:
             partial = getattr(err, "executed_nb", None) or nb
             self.executed_notebook = artifacts.save(partial, target, html=self.resource.html)

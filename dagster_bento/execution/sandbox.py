@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -569,7 +569,8 @@ class _DockerProvisioner(LocalProvisioner):  # type: ignore[misc]
 class _Progress:
     """What nbclient was doing when something went wrong (for error messages)."""
 
-    cell: int | None = None
+    cell: int | None = None  # index in the executed notebook
+    shown: int | None = None  # the same cell as the user numbers it (see execute_notebook's cell_number)
     kernel_ready: bool = False
 
 
@@ -676,8 +677,12 @@ def execute_notebook(
     config: SandboxConfig,
     notebook_label: str,
     log: logging.Logger | None = None,
+    cell_number: Callable[[int], int] | None = None,
 ) -> NotebookNode:
     """Execute every code cell of ``nb`` in a sandboxed kernel whose cwd is ``run_dir``.
+
+    ``cell_number`` maps an index of ``nb`` to the index the user knows (the rewrite inserts cells);
+    errors and messages use it.
 
     Returns the executed copy (``nb`` itself is not modified). On failure raises a
     `DagsterBentoRunError` subclass with the partially executed notebook attached as
@@ -693,7 +698,7 @@ def execute_notebook(
         log.info(_describe_run(config, notebook_label))
         state = _prepare_state_dir(config, run_dir, notebook_label)
         try:
-            _run_sync(_execute(executed, run_dir, state, config, notebook_label))
+            _run_sync(_execute(executed, run_dir, state, config, notebook_label, cell_number or (lambda i: i)))
         finally:
             shutil.rmtree(state, ignore_errors=True)
     except DagsterBentoRunError as e:
@@ -724,12 +729,14 @@ def _check_before_run(config: SandboxConfig, run_dir: Path, label: str) -> None:
 
 
 async def _execute(
-    nb: NotebookNode, run_dir: Path, state: Path, config: SandboxConfig, label: str
+    nb: NotebookNode, run_dir: Path, state: Path, config: SandboxConfig, label: str,
+    cell_number: Callable[[int], int],
 ) -> None:
     progress = _Progress()
 
     def on_cell_execute(cell: NotebookNode, cell_index: int) -> None:
         progress.cell = cell_index
+        progress.shown = cell_number(cell_index)
 
     def on_notebook_start(notebook: NotebookNode) -> None:
         progress.kernel_ready = True
@@ -841,7 +848,7 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 
 
 def _where(progress: _Progress) -> str:
-    return f"cell {progress.cell}" if progress.cell is not None else "kernel startup"
+    return f"cell {progress.shown}" if progress.shown is not None else "kernel startup"
 
 
 def _memory_hint(config: SandboxConfig) -> str:
@@ -858,12 +865,12 @@ def _cell_error(
 ) -> DagsterBentoCellError:
     index = progress.cell
     traceback = _error_traceback(nb, index) or str(e.traceback).splitlines()
-    message = f"{label}: cell {index} raised {e.ename}" + (f": {e.evalue}" if e.evalue else "")
+    message = f"{label}: cell {progress.shown} raised {e.ename}" + (f": {e.evalue}" if e.evalue else "")
     if "MemoryError" in e.ename:
         message += "." + _memory_hint(config)
     message += "\nFix the cell and re-run; the executed notebook shows the full traceback."
     return DagsterBentoCellError(
-        message, ename=e.ename, evalue=e.evalue, traceback=traceback, notebook=label, cell=index
+        message, ename=e.ename, evalue=e.evalue, traceback=traceback, notebook=label, cell=progress.shown
     )
 
 
@@ -882,7 +889,7 @@ def _cell_timeout(config: SandboxConfig, label: str, progress: _Progress) -> Dag
         f"{config.cell_timeout_s:g} s (SandboxConfig.cell_timeout_s); the kernel was stopped. Make "
         "the cell faster or raise the limit.",
         notebook=label,
-        cell=progress.cell,
+        cell=progress.shown,
     )
 
 
@@ -892,7 +899,7 @@ def _whole_run_timeout(config: SandboxConfig, label: str, progress: _Progress) -
         f"(SandboxConfig.timeout_s) during {_where(progress)}; the kernel was stopped. Make the "
         "notebook faster or raise the limit.",
         notebook=label,
-        cell=progress.cell,
+        cell=progress.shown,
     )
 
 
@@ -919,7 +926,7 @@ def _kernel_died(
     tail = prov.log_tail() if isinstance(prov, _DockerProvisioner) else _log_tail(kernel_log)
     if tail:
         message += f"\nLast kernel output:\n{tail}"
-    return DagsterBentoKernelDiedError(message, notebook=label, cell=progress.cell)
+    return DagsterBentoKernelDiedError(message, notebook=label, cell=progress.shown)
 
 
 async def _startup_error(
