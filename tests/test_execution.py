@@ -382,3 +382,33 @@ def test_log_mode_zone_records_violation_and_finishes(tmp_path, clean_run_dirs):
     assert violation["code"] == "PZ001" and violation["enforced"] is False and violation["table"] == "raw.other"
     labels = query(url, "SELECT zones FROM bento_meta.table_labels WHERE table_name = 'mart.z'")
     assert json.loads(labels[0][0]) == ["ANALYTICS", "BETA"]
+
+
+# ------------------------------------------------------------------------------------------------
+# OpenLineage from real runs, received over HTTP on loopback
+
+from tests.test_lineage import Schemas, _spec_dir, lineage_server  # noqa: E402,F401  (fixture)
+
+
+def test_openlineage_events_of_real_runs_over_http(tmp_path, lineage_server, clean_run_dirs):
+    url = seed_duckdb(tmp_path / "wh.duckdb")
+    write_policy(tmp_path, {"raw.types": ["ANALYTICS"]})
+    add_notebook(tmp_path, "ok", [sql_cell("df", "SELECT id, s FROM raw.types"), write_cell("df", "mart.ok")])
+    add_notebook(tmp_path, "bad", [sql_cell("df", "SELECT id FROM raw.types"), code("raise ValueError('nope')"),
+                                   write_cell("df", "mart.bad")])
+    endpoint = f"http://127.0.0.1:{lineage_server.server_address[1]}"
+    assert run(tmp_path, url, select="ok", lineage_transport="http", lineage_url=endpoint).success
+    assert not run(tmp_path, url, select="bad", lineage_transport="http", lineage_url=endpoint,
+                   raise_on_error=False).success
+    events = [body for _path, _ctype, body in lineage_server.received]
+    assert [(e["job"]["name"], e["eventType"]) for e in events] == [
+        ("ok", "START"), ("ok", "COMPLETE"), ("bad", "START"), ("bad", "FAIL")]
+    schemas = Schemas(_spec_dir())
+    for event in events:
+        schemas.validate_event(event)
+    complete = events[1]
+    (out,) = complete["outputs"]
+    assert out["name"] == "mart.ok" and out["facets"]["dagsterBento_purposeZone"]["zones"] == ["ANALYTICS"]
+    assert [f["name"] for f in out["facets"]["schema"]["fields"]] == ["id", "s"]
+    assert out["facets"]["columnLineage"]["fields"]["s"]["inputFields"][0]["name"] == "raw.types"
+    assert "nope" in events[3]["run"]["facets"]["errorMessage"]["message"]

@@ -170,3 +170,45 @@ def test_check_cli_json_contract(project):
     (p,) = [p for p in report["problems"] if p["code"] == "BENTO004"]
     assert set(p) >= {"code", "notebook", "cell", "table", "message"}
     assert p["notebook"] == "notebooks/badsql.ipynb" and p["cell"] == 0
+
+
+SIDE_EFFECTS = {
+    "import socket\ns = socket.create_connection(('example.com', 80))": "BENTO-E101",
+    "import requests\nrequests.get('https://example.com')": "BENTO-E101",
+    "from urllib.request import urlopen\nurlopen('http://x')": "BENTO-E101",
+    "import httpx": "BENTO-E101",
+    "import subprocess\nsubprocess.run(['ls'])": "BENTO-E102",
+    "import os\nos.system('ls')": "BENTO-E102",
+    "!curl http://example.com": "BENTO-E103",
+    "%%bash\necho hi": "BENTO-E103",
+    "import psycopg\npsycopg.connect('dbname=test')": "BENTO-E104",
+    "import duckdb": "BENTO-E104",
+    "import pandas as pd\npd.read_sql('select 1', 'sqlite://')": "BENTO-E105",
+    "df.to_csv('/etc/evil.csv')": "BENTO-E106",
+    "open('../outside.txt', 'w').write('x')": "BENTO-E106",
+}
+
+
+def test_schedulability_rejects_each_side_effect_in_a_notebook(project):
+    cells = [sql_cell("df", "SELECT * FROM raw.a")] + [code(src) for src in SIDE_EFFECTS]
+    add_notebook(project, "effects", cells + [write_cell("df", "mart.x")])
+    found = {p.cell: p for p in load_project(project, use_cache=False).problems if p.code.startswith("BENTO-E")}
+    for index, (src, code_) in enumerate(SIDE_EFFECTS.items(), start=1):
+        assert index in found, f"cell {index} ({src!r}) was not rejected"
+        assert found[index].code == code_, (src, found[index])
+        assert found[index].severity == "error" and found[index].notebook == "notebooks/effects.ipynb"
+
+
+def test_reviewed_exemption_accepts_the_cell(project):
+    add_notebook(project, "fx", [sql_cell("df", "SELECT * FROM raw.a"), code("import requests"),
+                                 write_cell("df", "mart.x")],
+                 exemptions=[{"rule": "network", "reason": "reads the public FX API", "cells": [1]}])
+    assert not load_project(project, use_cache=False).errors
+
+
+def test_example_project_is_clean():
+    from tests.nbfactory import REPO
+
+    proj = load_project(REPO, use_cache=False)
+    assert proj.errors == []
+    assert [p.code for p in proj.problems] == ["BENTO000"]  # the draft notebook
