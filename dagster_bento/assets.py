@@ -124,6 +124,11 @@ def build_bento_definitions(*, project_dir: str | Path, warehouse_url: str | Non
     auto = automation_mod.BentoAutomation(project) if automation else None
     externals, multi = build_bento_assets(project, translator=translator, warehouse_url=url, automation=auto)
     resource = resource or BentoResource.for_project(project, warehouse_url=url)
-    extra: dict[str, list[Any]] = auto.definitions(multi) if auto else {"schedules": [], "sensors": []}
-    return dg.Definitions(assets=[*externals, *multi], resources={RESOURCE_KEY: resource},
+    extra: dict[str, list[Any]] = (auto.definitions(multi, externals, url) if auto
+                                   else {"schedules": [], "sensors": []})
+    resources: dict[str, Any] = {RESOURCE_KEY: resource}
+    if auto:
+        resources[automation_mod.NOTIFIER_KEY] = automation_mod.BentoNotifier.from_config(
+            project.config.notifications)
+    return dg.Definitions(assets=[*externals, *multi], resources=resources,
                           schedules=extra["schedules"], sensors=extra["sensors"])

@@ -58,11 +58,14 @@ class BentoAutomation:
             return all_deps_landed(upstream)
         return None
 
-    def definitions(self, multi_assets: Sequence[dg.AssetsDefinition]) -> dict[str, list[Any]]:
+    def definitions(self, multi_assets: Sequence[dg.AssetsDefinition], externals: Sequence[dg.AssetSpec],
+                    warehouse_url: str) -> dict[str, list[Any]]:
         by_job = {a.op.name: a for a in multi_assets}
         schedules = self._schedules(by_job)
-        sensors: list[Any] = []
+        sensors: list[Any] = [notify_owners_on_failure]
         if any(j.entry.trigger == "upstream_landed" for j in self.project.jobs):
+            keys = {str(spec.metadata["dagster/table_name"]): spec.key for spec in externals}
+            sensors.append(landing_sensor(warehouse_url=warehouse_url, external_keys=keys))
             sensors.append(dg.AutomationConditionSensorDefinition(
                 "bento_upstream_landed", target=dg.AssetSelection.all(),
                 default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
@@ -103,8 +106,148 @@ class BentoAutomation:
         return _tick
 
 
+def landing_sensor(*, warehouse_url: str, external_keys: Mapping[str, dg.AssetKey],
+                   minimum_interval_seconds: int = 60) -> dg.SensorDefinition:
+    """Turn landings of upstream tables (rows of ``bento_meta.landings``) into materializations of their
+    external assets, which is what `all_deps_landed` and Dagster's UI see. Loaders outside Dagster
+    record a landing with ``INSERT INTO bento_meta.landings (table_name, landed_at, run_id, rows)``."""
+    tables = sorted(external_keys)
+
+    @dg.sensor(name="bento_landings", minimum_interval_seconds=minimum_interval_seconds,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description=f"Polls bento_meta.landings for {len(tables)} upstream tables.")
+    def _landings(context: dg.SensorEvaluationContext):
+        from dagster_bento.warehouse import warehouse_from_url
+
+        seen = landing_cursor(context.cursor)
+        warehouse = warehouse_from_url(warehouse_url)
+        try:
+            landed = warehouse.last_modified(tables)
+        finally:
+            warehouse.close()
+        events = []
+        for table in tables:
+            when = landed.get(table)
+            if when and when != seen.get(table):
+                events.append(dg.AssetMaterialization(
+                    external_keys[table], description=f"{table} landed at {when}",
+                    metadata={"landed_at": when, "dagster/table_name": table,
+                              f"{META}/source": "bento_meta.landings"}))
+                seen[table] = when
+        if not events:
+            return dg.SkipReason(f"no new landings among {len(tables)} upstream tables")
+        return dg.SensorResult(asset_events=events, cursor=json.dumps(seen, sort_keys=True))
+
+    return _landings
+
+
 def landing_cursor(cursor: str | None) -> dict[str, str]:
     try:
         return json.loads(cursor) if cursor else {}
     except json.JSONDecodeError:
         return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# failure notifications: a failed run notifies the owners of the schedule's assets
+
+NOTIFIER_KEY = "bento_notifier"
+
+
+class BentoNotifier(dg.ConfigurableResource):
+    """Where failure notices go: e-mail over SMTP to the owners that are addresses, and/or a JSON POST
+    (Slack-compatible ``text`` field) to a webhook. Configured in ``bento.yaml`` under ``notifications``."""
+
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    sender: str = "dagster-bento@localhost"
+    webhook_url: str | None = None
+    fallback_recipients: list[str] = []
+    webserver_url: str | None = None  # to link the run, e.g. http://dagster.internal:3000
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None) -> "BentoNotifier":
+        import os
+
+        config = dict(config or {})
+        password_env = config.pop("smtp_password_env", None)
+        if password_env:
+            config["smtp_password"] = os.environ.get(password_env)
+        if "from" in config:
+            config["sender"] = config.pop("from")
+        if "fallback" in config:
+            config["fallback_recipients"] = config.pop("fallback")
+        return cls(**config)
+
+    def send(self, *, to: Sequence[str], subject: str, body: str, log: Any = None) -> list[str]:
+        """Send the notice on every configured channel; returns what was done (for the sensor's log)."""
+        done = []
+        emails = sorted({o for o in to if "@" in o} | set(self.fallback_recipients))
+        if self.smtp_host and emails:
+            self._mail(emails, subject, body)
+            done.append(f"mailed {', '.join(emails)}")
+        if self.webhook_url:
+            self._post({"text": f"{subject}\n{body}", "subject": subject, "owners": sorted(to)})
+            done.append(f"posted to {self.webhook_url}")
+        if not done and log is not None:
+            log.warning(f"no notification channel configured (bento.yaml: notifications); not sent: {subject}")
+        return done
+
+    def _mail(self, to: Sequence[str], subject: str, body: str) -> None:
+        import smtplib
+        from email.message import EmailMessage
+
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = self.sender, ", ".join(to), subject
+        msg.set_content(body)
+        with smtplib.SMTP(self.smtp_host, self.smtp_port, timeout=30) as smtp:
+            if self.smtp_starttls:
+                smtp.starttls()
+            if self.smtp_user:
+                smtp.login(self.smtp_user, self.smtp_password or "")
+            smtp.send_message(msg)
+
+    def _post(self, payload: Mapping[str, Any]) -> None:
+        import urllib.request
+
+        req = urllib.request.Request(self.webhook_url or "", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            resp.read()
+
+
+def failure_notice(context: dg.RunFailureSensorContext) -> tuple[list[str], str, str]:
+    """(owners, subject, body) for a failed run: owners of every asset the run selected."""
+    run = context.dagster_run
+    graph = context.repository_def.asset_graph
+    keys = sorted(run.asset_selection or [], key=lambda k: k.to_user_string())
+    owners = sorted({o for k in keys if graph.has(k) for o in graph.get(k).owners})
+    schedules = sorted({str(graph.get(k).metadata.get(f"{META}/schedule")) for k in keys if graph.has(k)
+                        and graph.get(k).metadata.get(f"{META}/schedule")})
+    lines = [f"Run {run.run_id} of {', '.join(schedules) or run.job_name} failed.",
+             f"Assets: {', '.join(k.to_user_string() for k in keys) or '-'}"]
+    for event in context.get_step_failure_events():
+        data = event.event_specific_data
+        error = data.error if data else None
+        cause = (error.cause or error) if error else None
+        if cause is not None:
+            lines.append(f"Step {event.step_key}: {cause.message.strip()}")
+        failure = getattr(data, "user_failure_data", None)
+        notebook = failure.metadata.get("executed_notebook") if failure and failure.metadata else None
+        if notebook is not None:
+            lines.append(f"Executed notebook: {getattr(notebook, 'value', notebook)}")
+    subject = f"[dagster-bento] {', '.join(schedules) or run.job_name} failed (run {run.run_id[:8]})"
+    return owners, subject, "\n".join(lines)
+
+
+@dg.run_failure_sensor(name="bento_notify_owners", default_status=dg.DefaultSensorStatus.RUNNING,
+                       description="Notifies the owners of a failed notebook run (schedule spec 'owners').")
+def notify_owners_on_failure(context: dg.RunFailureSensorContext, bento_notifier: BentoNotifier):
+    owners, subject, body = failure_notice(context)
+    if bento_notifier.webserver_url:
+        body += f"\n{bento_notifier.webserver_url.rstrip('/')}/runs/{context.dagster_run.run_id}"
+    done = bento_notifier.send(to=owners, subject=subject, body=body, log=context.log)
+    context.log.info(f"failure of run {context.dagster_run.run_id}: {'; '.join(done) or 'not sent'}")

@@ -119,6 +119,15 @@ class DagsterBentoRunError(DagsterBentoError):
             full += f"\nThe executed notebook is kept at {executed_notebook}"
         super().__init__(full, md)
 
+    def attach_executed_notebook(self, path: str) -> None:
+        """Name the kept executed notebook in the message and metadata (it is saved after the error)."""
+        if self.executed_notebook:
+            return
+        self.executed_notebook = path
+        self.message = f"{self.message}\nThe executed notebook is kept at {path}"
+        self.description = self.message
+        self.metadata["executed_notebook"] = dg.MetadataValue.path(path)
+
 
 class DagsterBentoSandboxUnavailableError(DagsterBentoRunError):
     """The sandbox could not be established; the run refuses rather than run unsandboxed."""

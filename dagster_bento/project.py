@@ -39,7 +39,7 @@ CACHE_VERSION = "3"
 # `ds` at definition time: a fixed date so rendering (and the code version) is stable.
 STATIC_DS = "2000-01-01"
 _CONFIG_KEYS = {"warehouse_url", "default_schema", "dialect", "artifacts_dir", "sandbox", "data_format",
-                "timeout_seconds", "memory_limit_mb", "lineage", "strict_zones", "notebooks_dir"}
+                "timeout_seconds", "memory_limit_mb", "lineage", "strict_zones", "notebooks_dir", "notifications"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +57,7 @@ class ProjectConfig:
     lineage: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     strict_zones: bool = False
     notebooks_dir: str = NOTEBOOKS_DIR
+    notifications: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -111,8 +111,8 @@ class BentoInvocation:
             labels = self._check_writes(policy, job, warehouse, read_labels)
             uploaded = self._upload(job, warehouse, files, labels, ds, fmt, timings)
         except BaseException as err:
-            if isinstance(err, DagsterBentoRunError) and self.executed_notebook and not err.executed_notebook:
-                err.executed_notebook = str(self.executed_notebook)
+            if isinstance(err, DagsterBentoRunError) and self.executed_notebook:
+                err.attach_executed_notebook(str(self.executed_notebook))
             violation = getattr(err, "metadata", {}).get("violation") if isinstance(err, DagsterBentoError) else None
             emitter.fail(run_id=run_id, job_name=job.name, inputs=inputs, error_message=str(err),
                          violation=violation.data if hasattr(violation, "data") else violation,
@@ -224,8 +224,6 @@ class BentoInvocation:
         except DagsterBentoRunError as err:
             partial = getattr(err, "executed_nb", None) or nb
             self.executed_notebook = artifacts.save(partial, target, html=self.resource.html)
-            err.executed_notebook = str(self.executed_notebook)
-            err.metadata["executed_notebook"] = dg.MetadataValue.path(str(self.executed_notebook))
             raise
         finally:
             timings.execute_s = time.perf_counter() - start
