@@ -228,18 +228,49 @@ class BentoRunner:
         event = result.get_asset_materialization_events()[0].materialization
         timings = dict(event.metadata["dagster_bento/timings_s"].value)
         timings["other_s"] = wall - sum(timings.values())
+        cells = cell_times(event.metadata["dagster_bento/executed_notebook"].value)
+        timings["kernel_s"] = timings["execute_s"] - cells["cells_s"]  # start + stop of the sandboxed kernel
+        timings.update(cells)
         rows = event.metadata["dagster_bento/rows_written"].value
         return {"wall": wall, "stages": timings, "rows": rows}
+
+
+def cell_times(path: Any) -> dict[str, float]:
+    """From an executed notebook: first cell start → last cell end (``cells_s``), the pandas-import cell
+    (``import_s``), and the cells that read/write data files (``read_s``, ``write_s``)."""
+    import datetime as dt
+
+    import nbformat
+
+    def ts(text: str) -> float:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+    nb = nbformat.read(str(getattr(path, "path", path)), as_version=4)
+    spans = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        ex, pm = cell.metadata.get("execution", {}), cell.metadata.get("papermill", {})
+        if "iopub.execute_input" in ex and "shell.execute_reply" in ex:
+            spans.append((ts(ex["iopub.execute_input"]), ts(ex["shell.execute_reply"]), cell.source))
+        elif pm.get("start_time") and pm.get("end_time"):
+            spans.append((ts(pm["start_time"]), ts(pm["end_time"]), cell.source))
+    out = {"cells_s": max(e for _, e, _ in spans) - min(s for s, _, _ in spans) if spans else float("nan")}
+    for key, needle in (("import_s", "import pandas"), ("read_s", "read_parquet("), ("write_s", ".to_parquet(")):
+        out[key] = sum(e - s for s, e, src in spans if needle in src)
+    return out
 
 
 def papermill_run(state: dict[str, Any]) -> dict[str, Any]:
     import papermill
 
     nb = Path(state["triv"]["nb"])
+    out = nb.with_name("trivial.out.ipynb")
     start = time.perf_counter()
-    papermill.execute_notebook(str(nb), str(nb.with_name("trivial.out.ipynb")), parameters={"a": 1},
-                               kernel_name="python3", progress_bar=False)
-    return {"wall": time.perf_counter() - start, "stages": {}, "rows": 1}
+    papermill.execute_notebook(str(nb), str(out), parameters={"a": 1}, kernel_name="python3", progress_bar=False)
+    wall = time.perf_counter() - start
+    cells = cell_times(out)
+    return {"wall": wall, "stages": {"kernel_s": wall - cells["cells_s"], **cells}, "rows": 1}
 
 
 def duck_ctas(state: dict[str, Any]) -> dict[str, Any]:
@@ -753,6 +784,14 @@ def timed_reps(runners: dict[str, Any], reps: int, warmup: bool) -> dict[str, li
     return results
 
 
+def fmt_stages(st: dict[str, float]) -> str:
+    if "execute_s" in st:  # a bento run
+        return (f"fetch {st['fetch_s']:.2f}, execute {st['execute_s']:.2f} (kernel start/stop {st['kernel_s']:.2f}, "
+                f"cells {st['cells_s']:.2f}: import pandas {st['import_s']:.2f}, read_parquet {st['read_s']:.2f}, "
+                f"to_parquet {st['write_s']:.2f}), upload {st['upload_s']:.2f}, other {st['other_s']:.2f}")
+    return ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in st.items())
+
+
 def stage_medians(rs: list[dict[str, Any]]) -> dict[str, float]:
     keys = rs[0]["stages"].keys() if rs else []
     return {k: median([r["stages"][k] for r in rs]) for k in keys}
@@ -773,7 +812,7 @@ def environment(args: argparse.Namespace) -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    pg_version = "skipped"
+    pg_version = "PostgreSQL skipped"
     if not args.skip_pg:
         with contextlib.suppress(Exception):
             import adbc_driver_postgresql.dbapi as pg
@@ -785,7 +824,7 @@ def environment(args: argparse.Namespace) -> str:
     return "\n".join([
         f"* {versions}",
         f"* {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, {bwrap}, "
-        f"{pg_version} on {PG_URL.split('@')[-1]}",
+        + pg_version + ("" if args.skip_pg else f" on {PG_URL.split('@')[-1]}"),
         f"* command: `{' '.join(['python', 'benchmarks/bench_execution.py', *sys.argv[1:]])}` — reps {args.reps} "
         f"(median), rows {args.rows:,}, seed rows {args.seed_rows:,}",
     ])
@@ -845,19 +884,30 @@ def main() -> None:  # noqa: C901 - a linear script
             bw, pw = median([r["wall"] for r in res["trivial-bento"]]), median(
                 [r["wall"] for r in res["trivial-papermill"]])
             st = stage_medians(res["trivial-bento"])
+            sp = stage_medians(res["trivial-papermill"])
+            nan = float("nan")
             out += ["### (a) Trivial notebook, in-process (imports paid, one warm-up run each)", "",
                     "Bento notebook: `a = 1` (parameters) / SQL `SELECT 1 AS x` / `b = a + 1` / `print(b)` / write "
                     "`x` → `mart.trivial` (embedded DuckDB file, bwrap sandbox, `dagster.materialize` on an "
-                    "ephemeral instance). Papermill notebook: the same cells with `x = pd.DataFrame({\"x\": [1]})` "
-                    "and `x.to_parquet(...)` instead of the SQL and write cells, unsandboxed, tcp.", "",
+                    "ephemeral instance). Papermill notebook: the same cells with `import pandas as pd; x = "
+                    "pd.DataFrame({\"x\": [1]})` and `x.to_parquet(...)` instead of the SQL and write cells "
+                    "(unsandboxed, tcp, graceful kernel shutdown).", "",
                     table(["path", "wall s (median)", "× papermill", "goal ≤ 1.0×"], [
                         ["dagster-bento `materialize`", f2(bw), ratio(bw, pw), "PASS" if bw <= pw else "FAIL"],
                         ["`papermill.execute_notebook`", f2(pw), "1.00×", ""]]), "",
-                    "dagster-bento breakdown (`dagster_bento/timings_s`, medians; *other* = wall − the three = "
-                    "Dagster run machinery, label checks, keeping the executed notebook + HTML, lineage):", "",
-                    table(["fetch s", "execute s (kernel start → shutdown)", "upload s", "other s", "wall s"],
-                          [[f2(st.get("fetch_s", float("nan"))), f2(st.get("execute_s", float("nan"))),
-                            f2(st.get("upload_s", float("nan"))), f2(st.get("other_s", float("nan"))), f2(bw)]]), ""]
+                    "Breakdown (medians). dagster-bento: fetch / execute / upload from `dagster_bento/timings_s`; "
+                    "*cells* = first cell start → last cell end in the executed notebook (of which the cell "
+                    "that imports pandas); *kernel* = execute − cells (sandboxed kernel start + kill, nbclient); "
+                    "*other* = wall − fetch − execute − upload (Dagster run machinery, label checks, rewrite, "
+                    "saving the executed notebook + its HTML, lineage). papermill: *kernel* = wall − cells "
+                    "(kernel start, graceful shutdown, papermill's own work, saving the notebook).", "",
+                    table(["path", "wall s", "fetch s", "kernel s", "cells s", "(import pandas s)", "upload s",
+                           "other s"], [
+                        ["dagster-bento", f2(bw), f2(st.get("fetch_s", nan)), f2(st.get("kernel_s", nan)),
+                         f2(st.get("cells_s", nan)), f2(st.get("import_s", nan)), f2(st.get("upload_s", nan)),
+                         f2(st.get("other_s", nan))],
+                        ["papermill", f2(pw), "", f2(sp.get("kernel_s", nan)), f2(sp.get("cells_s", nan)),
+                         f2(sp.get("import_s", nan)), "", ""]]), ""]
             if args.profile:
                 out += ["```", profile(runners["trivial-bento"], "trivial bento (warm)"), "```", ""]
             del runners
@@ -894,8 +944,7 @@ def main() -> None:  # noqa: C901 - a linear script
                     continue
                 rows = []
                 for n in [x for x in names if x.startswith(wh)]:
-                    st = stage_medians(res[n])
-                    stages = ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in st.items())
+                    stages = fmt_stages(stage_medians(res[n]))
                     rows.append([n, PATHS[n]["what"], f2(walls[n]), f"{args.rows / walls[n] / 1e6:.2f} M",
                                  ratio(walls[bento], walls[n]) if n != bento else "", stages])
                 seed = seeds[f"{wh}-seed"]

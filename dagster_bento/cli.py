@@ -148,6 +148,32 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from dagster_bento.review import propose_schedule, write_spec
+    from dagster_bento.spec import spec_path_for
+
+    notebook = Path(args.notebook)
+    project_dir = Path(args.project_dir) if args.project_dir else _project_dir_of(notebook)
+    if not spec_path_for(notebook).exists():
+        if not (args.owner and args.zone and (args.cron or args.trigger)):
+            print(f"{notebook} has no schedule spec: pass --owner, --zone and --cron or --trigger "
+                  "(or write notebooks/<stem>.bento.yaml)", file=sys.stderr)
+            return 2
+        write_spec(notebook, owners=args.owner, zone=args.zone, name=args.name or notebook.stem,
+                   cron=args.cron, timezone=args.timezone, trigger=args.trigger)
+    result = propose_schedule(project_dir, notebook, warehouse_url=args.warehouse_url, trial=not args.no_trial,
+                              git=not args.no_git, branch=args.branch, partition=args.partition)
+    for trial in result.trials:
+        print(f"trial {trial['schedule']}: {trial['status']}")
+        for out in trial["outputs"]:
+            print(f"  {out['table']}: {out['rows']} rows, {len(out['columns'])} columns")
+    print("files: " + ", ".join(result.files))
+    if result.branch:
+        print(f"committed {result.commit[:12]} on branch {result.branch}: push it and open a review "
+              f"(git push -u origin {result.branch})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dagster-bento", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +193,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("project_dir", nargs="?", default=".")
     p.add_argument("--warehouse-url", default=None)
     p.set_defaults(func=cmd_seed)
+    p = sub.add_parser("schedule", help="propose scheduling a notebook: spec, pipeline preview and trial run, "
+                                        "committed on a new git branch for review")
+    p.add_argument("notebook")
+    p.add_argument("--project-dir", default=None)
+    p.add_argument("--owner", action="append", help="owner e-mail or team:<name> (repeatable); writes the spec")
+    p.add_argument("--zone", help="purpose zone the notebook runs in")
+    p.add_argument("--cron", help="cron expression of the schedule entry")
+    p.add_argument("--timezone", default="UTC")
+    p.add_argument("--trigger", choices=["upstream_landed"])
+    p.add_argument("--name", help="schedule entry name (default: the notebook stem)")
+    p.add_argument("--warehouse-url", default=None)
+    p.add_argument("--partition", default=None, help="ds of the trial run for partitioned notebooks")
+    p.add_argument("--branch", default=None)
+    p.add_argument("--no-trial", action="store_true")
+    p.add_argument("--no-git", action="store_true")
+    p.set_defaults(func=cmd_schedule)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -49,8 +49,12 @@ class RunTimings:
 class BentoInvocation:
     """Handle on one notebook run, like dagster-dbt's ``DbtCliInvocation``."""
 
-    def __init__(self, *, resource: Any, context: Any, job: BentoJob):
+    def __init__(self, *, resource: Any, context: Any, job: BentoJob, dry_run: bool = False):
+        """``dry_run``: fetch, execute and check everything but upload nothing (the review's trial run);
+        the outputs' row counts and schemas are in ``trial_outputs``."""
         self.resource = resource
+        self.dry_run = dry_run
+        self.trial_outputs: list[dict[str, Any]] = []
         self.context = context
         self.job = job
         self.project_dir = Path(resource.project_dir)
@@ -109,6 +113,10 @@ class BentoInvocation:
             executed = self._execute(job, run_dir, fmt, ds, timings)
             files = self._outputs(job, run_dir, fmt)
             labels = self._check_writes(policy, job, warehouse, read_labels)
+            if self.dry_run:
+                self.trial_outputs = [_describe_file(table, path, fmt, labels.get(table))
+                                      for table, path in files.items()]
+                return []
             uploaded = self._upload(job, warehouse, files, labels, ds, fmt, timings)
         except BaseException as err:
             if isinstance(err, DagsterBentoRunError) and self.executed_notebook:
@@ -302,8 +310,24 @@ class BentoInvocation:
     def _emitter(self, warehouse: Warehouse) -> LineageEmitter:
         r = self.resource
         path = r.lineage_file or str(r.artifacts_path / "openlineage.jsonl")
-        config = LineageConfig(transport=r.lineage_transport, file_path=path, url=r.lineage_url)  # type: ignore[arg-type]
+        transport = "none" if self.dry_run else r.lineage_transport
+        config = LineageConfig(transport=transport, file_path=path, url=r.lineage_url)  # type: ignore[arg-type]
         return LineageEmitter(config, dataset_namespace=_namespace(warehouse))
+
+
+def _describe_file(table: str, path: Path, fmt: str, label: frozenset[str] | None) -> dict[str, Any]:
+    if fmt == "csv":
+        from dagster_bento.warehouse import read_csv_sidecar, read_csv_with_schema
+
+        table_data = read_csv_with_schema(path, read_csv_sidecar(path))
+        rows, columns = table_data.num_rows, {f.name: str(f.type) for f in table_data.schema}
+    else:
+        import pyarrow.parquet as pq
+
+        meta = pq.read_metadata(path)
+        rows = meta.num_rows
+        columns = {f.name: str(f.type) for f in meta.schema.to_arrow_schema()}
+    return {"table": table, "rows": rows, "columns": columns, "label": sorted(label) if label is not None else None}
 
 
 def _namespace(warehouse: Warehouse) -> str:

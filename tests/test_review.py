@@ -1,0 +1,78 @@
+"""`dagster-bento schedule`: spec, pipeline preview and trial run committed on a review branch."""
+
+import subprocess
+import sys
+
+import duckdb
+import nbformat
+import pytest
+
+from tests.nbfactory import code, sql_cell, write_cell, write_notebook, write_policy
+
+pytestmark = pytest.mark.kernel
+
+
+def git(cwd, *args):
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path):
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    con.execute("CREATE SCHEMA raw; CREATE TABLE raw.orders AS SELECT range AS id, range * 1.5::DOUBLE AS amount FROM range(5)")
+    con.close()
+    write_policy(tmp_path, {"raw.orders": ["ANALYTICS"]})
+    (tmp_path / ".gitignore").write_text("warehouse.duckdb*\n.bento/\n")
+    git(tmp_path, "init", "-q", "-b", "main")
+    git(tmp_path, "config", "user.email", "t@example.com")
+    git(tmp_path, "config", "user.name", "t")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "init")
+    return tmp_path
+
+
+def cli(repo, *args):
+    return subprocess.run([sys.executable, "-m", "dagster_bento.cli", "schedule", *args], cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_schedule_creates_a_review_branch(repo):
+    write_notebook(repo / "notebooks" / "totals.ipynb", [
+        sql_cell("orders", "SELECT id, amount FROM raw.orders"),
+        code("totals = orders.assign(double=orders.amount * 2)"), write_cell("totals", "mart.totals")])
+    out = cli(repo, "notebooks/totals.ipynb", "--owner", "alice@example.com", "--zone", "ANALYTICS",
+              "--cron", "0 6 * * *", "--timezone", "Europe/London")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert git(repo, "branch", "--show-current") == "bento/schedule-totals"
+    files = set(git(repo, "show", "--name-only", "--format=", "HEAD").splitlines())
+    assert files == {"notebooks/totals.ipynb", "notebooks/totals.bento.yaml", "reviews/totals/pipeline.md",
+                     "reviews/totals/trial-totals.ipynb"}
+    preview = (repo / "reviews" / "totals" / "pipeline.md").read_text()
+    assert "flowchart LR" in preview and "raw/orders" in preview and "mart/totals" in preview
+    assert "cron `0 6 * * *` (Europe/London)" in preview
+    assert "SUCCESS" in preview and "`mart.totals`: 5 rows" in preview and "double" in preview
+    trial = nbformat.read(repo / "reviews" / "totals" / "trial-totals.ipynb", as_version=4)
+    assert trial.metadata["dagster_bento"]["rewritten_cells"]
+    # a trial uploads nothing
+    con = duckdb.connect(str(repo / "warehouse.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'totals'").fetchall() == [(0,)]
+    con.close()
+
+
+def test_failed_trial_commits_nothing(repo):
+    write_notebook(repo / "notebooks" / "broken.ipynb", [
+        sql_cell("orders", "SELECT id FROM raw.orders"), code("raise RuntimeError('bad data')"),
+        write_cell("orders", "mart.broken")])
+    out = cli(repo, "notebooks/broken.ipynb", "--owner", "a@example.com", "--zone", "ANALYTICS",
+              "--trigger", "upstream_landed")
+    assert out.returncode == 1
+    assert "trial run of broken failed" in out.stderr and "bad data" in out.stderr
+    assert git(repo, "branch", "--show-current") == "main"
+    assert git(repo, "log", "--oneline").count("\n") == 0  # still only the initial commit
+
+
+def test_static_problems_block_the_proposal(repo):
+    write_notebook(repo / "notebooks" / "bad.ipynb", [sql_cell("o", "SELECT FROM WHERE"), write_cell("o", "mart.b")])
+    out = cli(repo, "notebooks/bad.ipynb", "--owner", "a@example.com", "--zone", "ANALYTICS", "--cron", "0 1 * * *")
+    assert out.returncode == 1 and "BENTO004" in out.stderr and "cell 0" in out.stderr
+    assert git(repo, "branch", "--show-current") == "main"
