@@ -62,17 +62,28 @@ def parse_query(sql: str, dialect: str | None) -> exp.Expression:
     return stmt
 
 
-def tables_read(ast: exp.Expression, default_schema: str, dialect: str | None = None) -> tuple[str, ...]:
-    found: set[str] = set()
+def _qualified(ast: exp.Expression, default_schema: str, dialect: str | None,
+               schema: Mapping[str, Mapping[str, Mapping[str, str]]]) -> exp.Expression | None:
+    """Qualify once; both the table set and the column lineage read the result."""
     try:
-        qualified = qualify(ast.copy(), dialect=dialect, db=default_schema, validate_qualify_columns=False,
-                            quote_identifiers=False, expand_stars=False, qualify_columns=False)
-        for scope in traverse_scope(qualified):
-            for _alias, (_node, source) in scope.selected_sources.items():
-                if isinstance(source, exp.Table):
-                    found.add(_table_name(source, default_schema))
+        return qualify(ast.copy(), dialect=dialect, db=default_schema, schema=schema or None,
+                       validate_qualify_columns=False, identify=False)
     except SqlglotError:
-        found.clear()
+        return None
+
+
+def tables_read(ast: exp.Expression, default_schema: str, dialect: str | None = None,
+                qualified: exp.Expression | None = None) -> tuple[str, ...]:
+    found: set[str] = set()
+    qualified = qualified if qualified is not None else _qualified(ast, default_schema, dialect, {})
+    if qualified is not None:
+        try:
+            for scope in traverse_scope(qualified):
+                for _alias, (_node, source) in scope.selected_sources.items():
+                    if isinstance(source, exp.Table):
+                        found.add(_table_name(source, default_schema))
+        except SqlglotError:
+            found.clear()
     # Scope analysis misses tables in a few shapes (e.g. some set operations); union with a plain walk
     # minus CTE names so nothing read is ever left out.
     cte_names = {cte.alias_or_name.lower() for cte in ast.find_all(exp.CTE)}
@@ -85,18 +96,26 @@ def tables_read(ast: exp.Expression, default_schema: str, dialect: str | None = 
     return tuple(sorted(found))
 
 
-def column_lineage(ast: exp.Expression, *, default_schema: str, dialect: str | None,
-                   schema: Mapping[str, Mapping[str, str]] | None = None
-                   ) -> tuple[tuple[str, ...], dict[str, tuple[tuple[str, str], ...]]]:
-    """Best-effort DIRECT column lineage. Returns ((), {}) when columns cannot be resolved."""
-    from sqlglot.lineage import lineage
-
+def _nested_schema(schema: Mapping[str, Mapping[str, str]] | None, default_schema: str
+                   ) -> dict[str, dict[str, dict[str, str]]]:
     nested: dict[str, dict[str, dict[str, str]]] = {}
     for table, cols in (schema or {}).items():
         s, t = normalise_table(table, default_schema).split(".")
         nested.setdefault(s, {})[t] = dict(cols)
+    return nested
+
+
+def column_lineage(qualified: exp.Expression | None, *, default_schema: str, dialect: str | None
+                   ) -> tuple[tuple[str, ...], dict[str, tuple[tuple[str, str], ...]]]:
+    """Best-effort DIRECT column lineage of a qualified query. ((), {}) when columns cannot be resolved."""
+    from sqlglot.lineage import lineage
+    from sqlglot.optimizer.scope import build_scope
+
+    if qualified is None:
+        return (), {}
     try:
-        nodes = lineage(None, ast, schema=nested, dialect=dialect, db=default_schema)
+        scope = build_scope(qualified)
+        nodes = lineage(None, qualified, schema={}, dialect=dialect, scope=scope, copy=False)
     except (SqlglotError, KeyError, ValueError, AttributeError, TypeError):
         return (), {}
     if not isinstance(nodes, dict):
@@ -117,6 +136,7 @@ def column_lineage(ast: exp.Expression, *, default_schema: str, dialect: str | N
 def analyse_query(sql: str, *, default_schema: str, dialect: str | None,
                   schema: Mapping[str, Mapping[str, str]] | None = None) -> SqlAnalysis:
     ast = parse_query(sql, dialect)
-    tables = tables_read(ast, default_schema, dialect)
-    columns, lineage_map = column_lineage(ast, default_schema=default_schema, dialect=dialect, schema=schema)
+    qualified = _qualified(ast, default_schema, dialect, _nested_schema(schema, default_schema))
+    tables = tables_read(ast, default_schema, dialect, qualified)
+    columns, lineage_map = column_lineage(qualified, default_schema=default_schema, dialect=dialect)
     return SqlAnalysis(tables, lineage_map, columns)

@@ -65,7 +65,7 @@ def test_schedules_and_sensors():
     assert names["bento_customer_revenue"].cron_schedule == "0 6 * * *"
     assert names["bento_customer_revenue"].execution_timezone == "Europe/London"
     assert "bento_top_customers_building" in names and "bento_daily_shipments" in names
-    assert [s.name for s in defs.sensors] == ["bento_upstream_landed"]
+    assert sorted(s.name for s in defs.sensors) == ["bento_landings", "bento_notify_owners", "bento_upstream_landed"]
     graph = defs.resolve_asset_graph()
     cond = graph.get(K(["analytics", "region_summary"])).automation_condition
     assert cond is not None and cond.get_label() == "all_upstream_landed"
