@@ -228,7 +228,8 @@ class BentoRunner:
         event = result.get_asset_materialization_events()[0].materialization
         timings = dict(event.metadata["dagster_bento/timings_s"].value)
         timings["other_s"] = wall - sum(timings.values())
-        cells = cell_times(event.metadata["dagster_bento/executed_notebook"].value)
+        self.last_notebook = event.metadata["dagster_bento/executed_notebook"].value
+        cells = cell_times(self.last_notebook)
         timings["kernel_s"] = timings["execute_s"] - cells["cells_s"]  # start + stop of the sandboxed kernel
         timings.update(cells)
         rows = event.metadata["dagster_bento/rows_written"].value
@@ -586,7 +587,7 @@ class DescendantPeak(threading.Thread):
     VmHWM only grows, so the last sample of a process is its peak up to then; notebook kernels sit idle
     after their last cell until shutdown, so their final peak is seen."""
 
-    def __init__(self, interval: float = 0.05):
+    def __init__(self, interval: float = 0.02):
         super().__init__(daemon=True)
         self.interval = interval
         self.peaks: dict[int, tuple[str, int]] = {}
@@ -633,10 +634,68 @@ class DescendantPeak(threading.Thread):
         return name, kb / 1024
 
 
+PROBE_MARK = "KERNEL_MAXRSS_KB"
+PROBE_SRC = f"import resource\nprint('{PROBE_MARK}', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+
+
+def add_probe(src_nb: Path, dst_nb: Path) -> None:
+    """Copy a notebook with one more cell at the end that prints the kernel's own peak RSS."""
+    import nbformat
+
+    nb = nbformat.read(str(src_nb), as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(PROBE_SRC))
+    dst_nb.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(dst_nb))
+
+
+def probed_project(project: str, dst: Path) -> Path:
+    """The project's notebooks, spec and policy (not its warehouse) with the probe cell appended."""
+    src = Path(project)
+    for f in src.glob("*.yaml"):
+        dst.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dst / f.name)
+    for f in (src / "notebooks").iterdir():
+        if f.suffix == ".ipynb":
+            add_probe(f, dst / "notebooks" / f.name)
+        else:
+            shutil.copy(f, dst / "notebooks" / f.name)
+    return dst
+
+
+def probed_runner(name: str, state: dict[str, Any]) -> tuple[Any, Any]:
+    """Like make_runner, on a copy of the notebook that reports the kernel's peak RSS; returns the runner and a
+    function that reads the reported value (kB) from the executed notebook."""
+    mem = Path(state["tmp"]) / f"mem-{name}-{os.getpid()}"
+    if name == "trivial-papermill":
+        nb = mem / "trivial.ipynb"
+        add_probe(Path(state["triv"]["nb"]), nb)
+        probed = {**state, "triv": {**state["triv"], "nb": str(nb)}}
+        return (lambda: papermill_run(probed)), (lambda: probe_value(nb.with_name("trivial.out.ipynb")))
+    if name.endswith("-bento"):
+        project, url = {"trivial-bento": (state["triv"]["project"], f"duckdb:///{state['triv']['project']}/warehouse.duckdb"),
+                        "duckdb-bento": (state["duck"]["project"], f"duckdb:///{state['duck']['db']}"),
+                        "pg-bento": (state["pg"]["project"] if state["pg"] else "", PG_URL)}[name]
+        runner = BentoRunner(str(probed_project(project, mem)), warehouse_url=url)
+        return runner.run, (lambda: probe_value(runner.last_notebook))
+    return make_runner(name, state), (lambda: None)
+
+
+def probe_value(path: Any) -> float | None:
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells[::-1]:
+        for output in cell.get("outputs", []):
+            text = output.get("text", "")
+            if PROBE_MARK in text:
+                return int(text.split(PROBE_MARK, 1)[1].split()[0]) / 1024
+    return None
+
+
 def one(name: str, state_file: str) -> None:
     state = json.loads(Path(state_file).read_text())
     preload(name)
-    runner = make_runner(name, state)
+    runner, read_probe = probed_runner(name, state)
     base = rss_now_mb()
     sampler = DescendantPeak()
     sampler.start()
@@ -644,6 +703,7 @@ def one(name: str, state_file: str) -> None:
     sampler.stop()
     proc, hwm = sampler.max()
     result.update(
+        kernel_self_mb=read_probe(),
         base_mb=base,
         self_peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         children_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
@@ -741,14 +801,39 @@ def cli_setup(tmp: Path, state: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def cli_run(v: dict[str, Any]) -> float:
-    start = time.perf_counter()
+def cli_run(v: dict[str, Any]) -> dict[str, Any]:
+    t0, start = time.time(), time.perf_counter()
     proc = subprocess.run(v["argv"], env=v["env"], cwd=v["cwd"], capture_output=True, text=True)
     wall = time.perf_counter() - start
+    t1 = time.time()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(v['argv'])} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
                            f"{proc.stderr[-4000:]}")
-    return wall
+    home = v["env"].get("DAGSTER_HOME")
+    return {"wall": wall, "phases": run_phases(Path(home), t0, t1) if home else {}}
+
+
+def run_phases(home: Path, t0: float, t1: float) -> dict[str, float]:
+    """Phases of the latest run from the instance's event log (event timestamps are wall-clock time)."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        run = instance.get_runs(limit=1)[0]
+        ts: dict[str, float] = {}
+        for entry in instance.all_logs(run.run_id):
+            if entry.dagster_event is not None:
+                ts.setdefault(entry.dagster_event.event_type_value, entry.timestamp)
+    finally:
+        instance.dispose()
+    e = dg.DagsterEventType
+    run_start, step_start, step_ok = (ts[x.value] for x in (e.RUN_START, e.STEP_START, e.STEP_SUCCESS))
+    return {
+        "launch_s": run_start - t0,  # CLI imports, code location load, run creation
+        "worker_s": step_start - run_start,  # step process spawn: re-imports dagster + code location
+        "step_s": step_ok - step_start,  # the asset body
+        "exit_s": t1 - step_ok,  # step process exit, RUN_SUCCESS, CLI exit
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -865,6 +950,7 @@ def main() -> None:  # noqa: C901 - a linear script
     tmp = Path(tempfile.mkdtemp(prefix="bento-bx-"))
     out: list[str] = []
     state: dict[str, Any] = {}
+    triv_bento = 0.0
     try:
         out += ["## Execution benchmark (`benchmarks/bench_execution.py`)", "", environment(args), ""]
         state = setup_state(tmp, args)
@@ -881,6 +967,7 @@ def main() -> None:  # noqa: C901 - a linear script
             runners = {n: make_runner(n, state) for n in ("trivial-bento", "trivial-papermill")}
             # always one warm-up: the first run in a process pays lazy imports (nbconvert, kernelspecs, ...)
             res = timed_reps(runners, args.reps, warmup=True)
+            triv_bento = bw = median([r["wall"] for r in res["trivial-bento"]])
             bw, pw = median([r["wall"] for r in res["trivial-bento"]]), median(
                 [r["wall"] for r in res["trivial-papermill"]])
             st = stage_medians(res["trivial-bento"])
@@ -962,6 +1049,7 @@ def main() -> None:  # noqa: C901 - a linear script
                 out += [f"**{label}**", "",
                         table(["path", "what", "wall s", "rows/s", "bento ÷ this", "stages (s)"], rows), ""]
                 b, cn = walls[bento], walls[client_native]
+                pandas_native = {"duckdb": "duckdb-parquet-pandas", "pg": "pg-adbc-parquet-pandas"}[wh]
                 ctas = walls[f"{wh}-ctas"]
                 out += [f"* goal vs the native client round trip (`{client_native}`): {b / cn:.2f}× → "
                         f"{'PASS' if b <= 1.5 * cn else 'FAIL'} (≤ 1.5×); vs in-warehouse CTAS (`{wh}-ctas`, data never "
@@ -971,6 +1059,11 @@ def main() -> None:  # noqa: C901 - a linear script
                         "excludes the seed's own notebook kernel" + (" and uses the faster, batched to_sql stand-in"
                                                                      if "wall_rowwise" in seed else "")
                         + ", so it is a lower bound for the seed).",
+                        *([f"* fixed vs marginal cost: the trivial bento run of (a) takes {triv_bento:.2f} s, so moving "
+                           f"{args.rows:,} rows adds {b - triv_bento:.2f} s to a bento run: {(b - triv_bento) / cn:.2f}× "
+                           f"`{client_native}` ({cn:.2f} s) and {(b - triv_bento) / walls[pandas_native]:.2f}× "
+                           f"`{pandas_native}` ({walls[pandas_native]:.2f} s, the same data path without kernel and "
+                           "Dagster)."] if triv_bento else []),
                         f"* fidelity of dagster-bento's output vs the source: {fid[bento]}. Seed output: {seed['types']}.",
                         ""]
             out += ["Seed stand-ins: duckdb-engine is not installed, so for DuckDB `pd.read_sql` is replaced by "
@@ -995,20 +1088,24 @@ def main() -> None:  # noqa: C901 - a linear script
                     log(f"(c) {name} in a fresh process")
                     children[name] = run_child(name, state_file)
                 r = children[name]
-                kernel = max(r["children_mb"], r["descendant_peak_mb"])
-                n = r["rows"]
-                rows.append([name, f"{n:,}", f2(r["wall"]), f"{r['base_mb']:.0f}", f"{r['self_peak_mb']:.0f}",
-                             f"{r['children_mb']:.0f}",
+                kself = r.get("kernel_self_mb")
+                rows.append([name, f"{r['rows']:,}", f2(r["wall"]), f"{r['base_mb']:.0f}", f"{r['self_peak_mb']:.0f}",
+                             f"{kself:.0f}" if kself else "–",
                              f"{r['descendant_peak_mb']:.0f} ({r['descendant_name']})" if r["descendant_name"] else "–",
-                             f"{kernel:.0f}" if kernel else "–"])
+                             f"{r['children_mb']:.0f}" if r["children_mb"] else "–"])
             out += ["### (c) Peak memory, each path once in a fresh process", "",
-                    "RSS after imports (*base*), the process's own peak (`ru_maxrss`), `RUSAGE_CHILDREN` peak, and the "
-                    "peak VmHWM of any descendant sampled from /proc every 50 ms (bwrap's pid-namespace init is "
-                    "SIGKILLed with the sandbox, so the sandboxed kernel is never reaped by the orchestrator and "
-                    "`RUSAGE_CHILDREN` misses it). The PostgreSQL server's memory is not included. *wall* is a cold "
-                    "first run in a fresh process (imports excluded) — not comparable with (b)'s warm medians.", "",
-                    table(["path", "rows", "wall s (cold)", "base MB", "orchestrator peak MB", "RUSAGE_CHILDREN MB",
-                           "descendant VmHWM MB", "kernel peak MB"], rows), ""]
+                    "*base* = RSS after imports; *orchestrator peak* = the process's own `ru_maxrss`; *kernel peak* "
+                    "= the kernel's own `ru_maxrss`, printed by one extra last cell appended to the notebook for "
+                    "this measurement; *descendant VmHWM* = highest VmHWM of any descendant process, sampled "
+                    "from /proc every 20 ms (a cross-check); `RUSAGE_CHILDREN` is shown but is not the kernel's "
+                    "peak: the sandboxed kernel is never reaped by the orchestrator (bwrap's pid-namespace init is "
+                    "SIGKILLed with the sandbox), and Linux charges a fork()ed child with the RSS it inherited "
+                    "from the parent before exec, so the figure tracks the orchestrator's own size at kernel "
+                    "launch. The PostgreSQL server's memory is not included. *wall* is a cold first run in a fresh "
+                    "process (imports excluded), not comparable with (b)'s warm medians; seed paths run on the "
+                    "seed subset.", "",
+                    table(["path", "rows", "wall s (cold)", "base MB", "orchestrator peak MB", "kernel peak MB",
+                           "descendant VmHWM MB", "RUSAGE_CHILDREN MB"], rows), ""]
 
         # (d) ------------------------------------------------------------------------------------
         if "d" in args.sections:
@@ -1017,19 +1114,26 @@ def main() -> None:  # noqa: C901 - a linear script
             for name, v in variants.items():  # warm-up: creates the instance DBs, pyc caches
                 log(f"(d) warm-up {name}")
                 cli_run(v)
-            walls_d: dict[str, list[float]] = {k: [] for k in variants}
+            runs_d: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
             for rep in range(args.reps):
                 for name, v in variants.items():
-                    walls_d[name].append(cli_run(v))
-                    log(f"(d) rep {rep + 1}/{args.reps} {name}: {walls_d[name][-1]:.2f}s")
-            m = {k: median(v) for k, v in walls_d.items()}
+                    runs_d[name].append(cli_run(v))
+                    log(f"(d) rep {rep + 1}/{args.reps} {name}: {runs_d[name][-1]['wall']:.2f}s")
+            m = {k: median([r["wall"] for r in v]) for k, v in runs_d.items()}
+            ph = {k: {p: median([r["phases"][p] for r in v]) for p in v[0]["phases"]} for k, v in runs_d.items()}
+
+            def row(label: str, k: str) -> list[str]:
+                p = ph[k]
+                cells = [f2(p.get(x, float("nan"))) if p else "" for x in ("launch_s", "worker_s", "step_s", "exit_s")]
+                extra = [f2(m[k] - m["plain"]), ratio(m[k], m["plain"])] if k != "papermill" else ["", ""]
+                return [label, f2(m[k]), *extra, *cells]
+
             rows = [
-                ["dagster-bento (`dagster asset materialize -f`, bwrap)", f2(m["bento"]), f2(m["bento"] - m["plain"]),
-                 ratio(m["bento"], m["plain"])],
-                ["dagstermill asset (`define_dagstermill_asset`, `ConfigurableLocalOutputNotebookIOManager`)",
-                 f2(m["dagstermill"]), f2(m["dagstermill"] - m["plain"]), ratio(m["dagstermill"], m["plain"])],
-                ["plain Python `@asset` doing the same work (floor)", f2(m["plain"]), "0.00", "1.00×"],
-                ["`papermill` CLI (no Dagster)", f2(m["papermill"]), "", ""],
+                row("dagster-bento (`dagster asset materialize -f`, bwrap)", "bento"),
+                row("dagstermill asset (`define_dagstermill_asset`, `ConfigurableLocalOutputNotebookIOManager`)",
+                    "dagstermill"),
+                row("plain Python `@asset` doing the same work (floor)", "plain"),
+                row("`papermill` CLI (no Dagster, unsandboxed)", "papermill"),
             ]
             gap = m["bento"] - m["plain"]
             out += ["### (d) Whole process: `dagster asset materialize` of the trivial notebook", "",
@@ -1040,7 +1144,12 @@ def main() -> None:  # noqa: C901 - a linear script
                     "writes the table back (the bento notebook's work, without a notebook). dagstermill and "
                     "papermill run the plain notebook (papermill unsandboxed; dagstermill's copy has `a = 1` "
                     "untagged, because dagstermill deletes the `parameters` cell).", "",
-                    table(["variant", "wall s", "− floor s", "× floor"], rows), "",
+                    "Phases from the run's event log (medians): *launch* = process start → RUN_START (CLI "
+                    "imports, loading the code location, creating the run); *worker* = RUN_START → STEP_START "
+                    "(spawning the step process, which imports Dagster and the code location again); *step* = "
+                    "STEP_START → STEP_SUCCESS (the asset body); *exit* = STEP_SUCCESS → CLI exit.", "",
+                    table(["variant", "wall s", "− floor s", "× floor", "launch s", "worker s", "step s", "exit s"],
+                          rows), "",
                     f"* goal: dagster-bento − floor ≤ one papermill run: {gap:.2f} s vs {m['papermill']:.2f} s → "
                     f"{'PASS' if gap <= m['papermill'] else 'FAIL'}.",
                     f"* dagster-bento vs dagstermill: {ratio(m['bento'], m['dagstermill'])}.", ""]

@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import enum
 import fnmatch
+import functools
 import re
 import types
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -297,6 +298,7 @@ def _split_identifier(name: str) -> list[str]:
         i += 1
 
 
+@functools.lru_cache(maxsize=65536)  # pure; the static check normalises the same names many times
 def normalize_table_name(name: str, default_schema: str = "main") -> str:
     """Lower-case ``schema.table`` (or ``catalog.schema.table``); a bare ``table`` gets ``default_schema``.
 
@@ -450,6 +452,7 @@ class PurposePolicy:
     default_dialect: str | None = None
     source: str = DEFAULT_POLICY_FILE  # where the policy came from; named in messages
     _globs: tuple[str, ...] = dataclasses.field(default=(), init=False, repr=False, compare=False)
+    _declared: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         schema = self.default_schema.lower()
@@ -472,13 +475,12 @@ class PurposePolicy:
 
     def declared_label(self, table: str) -> Label:
         """The YAML label: exact match first, then the most specific glob, else ``UNKNOWN``."""
-        name = self.normalize(table)
-        if name in self.tables:
-            return self.tables[name]
-        for pattern in self._globs:
-            if fnmatch.fnmatchcase(name, pattern):
-                return self.tables[pattern]
-        return UNKNOWN
+        memo: dict[str, Label] = self._declared  # memo: the policy is immutable
+        if table not in memo:
+            name = self.normalize(table)
+            memo[table] = self.tables[name] if name in self.tables else next(
+                (self.tables[p] for p in self._globs if fnmatch.fnmatchcase(name, p)), UNKNOWN)
+        return memo[table]
 
     def permits(self, label_zone: str, notebook_zone: str) -> bool:
         """Whether data labelled ``label_zone`` may be processed for purpose ``notebook_zone``."""
