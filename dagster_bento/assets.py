@@ -3,6 +3,7 @@
 Parsing lives in `project.py`, execution in `execution/`, automation in `automation.py`.
 """
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -120,6 +121,10 @@ def build_bento_definitions(*, project_dir: str | Path, warehouse_url: str | Non
     project = load_project(project_dir, warehouse_url=warehouse_url)
     if raise_on_problems:
         project.raise_on_errors()
+    else:
+        broken = {p.notebook for p in project.errors}
+        project = dataclasses.replace(project, jobs=tuple(
+            j for j in project.jobs if j.notebook_path not in broken and j.spec.path not in broken))
     url = resolve_warehouse_url(project_dir, project.config.warehouse_url, warehouse_url)
     auto = automation_mod.BentoAutomation(project) if automation else None
     externals, multi = build_bento_assets(project, translator=translator, warehouse_url=url, automation=auto)

@@ -11,6 +11,7 @@
 
 import datetime as dt
 import functools
+import hashlib
 import json
 import operator
 import re
@@ -82,7 +83,9 @@ class BentoAutomation:
 
     def _schedule(self, cron: str, tz: str, partitioned: str | None, jobs: list[BentoJob],
                   by_job: Mapping[str, dg.AssetsDefinition]) -> dg.ScheduleDefinition:
-        name = "bento_" + (jobs[0].name if len(jobs) == 1 else _slug(f"{cron}_{tz}"))
+        # one entry: named after it; several: a readable slug plus a hash, so distinct crons never collide
+        digest = hashlib.sha256(f"{cron}|{tz}|{partitioned}".encode()).hexdigest()[:8]
+        name = "bento_" + (jobs[0].name if len(jobs) == 1 else f"{_slug(cron)}_{_slug(tz)}_{digest}")
         selection = dg.AssetSelection.assets(*[by_job[j.name] for j in jobs])
         asset_job = dg.define_asset_job(f"{name}_job", selection=selection, tags={f"{META}/trigger": "cron"})
         keys = {j.name: sorted(by_job[j.name].keys, key=lambda k: k.to_user_string()) for j in jobs}

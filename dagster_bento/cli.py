@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dagster_bento.notebook import parse_notebook
+from dagster_bento.notebook import ComputedDefault, parse_notebook
 from dagster_bento.project import load_project, project_settings, resolve_job
 from dagster_bento.spec import ScheduleEntry, load_schedule_spec, spec_path_for
 
@@ -45,7 +45,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if job is None:
             continue
         schedules.append({
-            "name": entry.name, "parameters": dict(job.parameters), "cron": entry.cron,
+            "name": entry.name, "parameters": job.display_parameters, "cron": entry.cron,
             "trigger": entry.trigger, "code_version": job.code_version,
             "sql_cells": [{"cell": c.index, "output": c.output, "sql": c.sql, "tables_read": list(c.tables),
                            "column_lineage": {k: [f"{t}.{col}" for t, col in v] for k, v in c.column_lineage.items()}}
@@ -55,7 +55,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         })
     report = {
         "notebook": display, "sha256": parsed.sha256, "draft": spec is None,
-        "parameters": parsed.parameters, "parameters_cell": parsed.parameters_cell,
+        "parameters": {k: (repr(v) if isinstance(v, ComputedDefault) else v) for k, v in parsed.parameters.items()},
+        "parameters_cell": parsed.parameters_cell,
         "cells": [{"cell": c.index, "kind": "sql", "output": c.output, "sql_template": c.sql}
                   for c in parsed.sql_cells]
         + [{"cell": c.index, "kind": "write", "input": c.input, "table_template": c.table, "mode": c.mode}
@@ -154,15 +155,22 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
     notebook = Path(args.notebook)
     project_dir = Path(args.project_dir) if args.project_dir else _project_dir_of(notebook)
-    if not spec_path_for(notebook).exists():
+    spec = spec_path_for(notebook)
+    created = not spec.exists()
+    if created:
         if not (args.owner and args.zone and (args.cron or args.trigger)):
             print(f"{notebook} has no schedule spec: pass --owner, --zone and --cron or --trigger "
                   "(or write notebooks/<stem>.bento.yaml)", file=sys.stderr)
             return 2
         write_spec(notebook, owners=args.owner, zone=args.zone, name=args.name or notebook.stem,
                    cron=args.cron, timezone=args.timezone, trigger=args.trigger)
-    result = propose_schedule(project_dir, notebook, warehouse_url=args.warehouse_url, trial=not args.no_trial,
-                              git=not args.no_git, branch=args.branch, partition=args.partition)
+    try:
+        result = propose_schedule(project_dir, notebook, warehouse_url=args.warehouse_url, trial=not args.no_trial,
+                                  git=not args.no_git, branch=args.branch, partition=args.partition)
+    except BaseException:
+        if created:  # an unreviewed spec left behind would schedule the notebook on the next load
+            spec.unlink(missing_ok=True)
+        raise
     for trial in result.trials:
         print(f"trial {trial['schedule']}: {trial['status']}")
         for out in trial["outputs"]:

@@ -40,6 +40,24 @@ _SQL_KEYS = {"type", "output", "connection", "dialect"}
 _WRITE_KEYS = {"type", "input", "table", "mode", "partition_column"}
 
 
+class ComputedDefault:
+    """A parameter whose default is computed in the parameters cell (not a literal): known name,
+    value only known inside the kernel. Templates cannot use it unless a schedule sets it."""
+
+    def __repr__(self) -> str:
+        return "<computed>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ComputedDefault)
+
+    def __hash__(self) -> int:
+        return hash(ComputedDefault)
+
+
+COMPUTED = ComputedDefault()
+INJECTED_TAGS = ("injected-parameters", "bento-setup")
+
+
 @dataclasses.dataclass(frozen=True)
 class SqlCell:
     index: int
@@ -144,6 +162,12 @@ def parse_notebook_node(nb: Any, display: str, sha: str = "") -> ParsedNotebook:
         source = cell.source if isinstance(cell.source, str) else "".join(cell.source)
         meta = cell.get("metadata", {}).get(CELL_KEY)
         tags = cell.get("metadata", {}).get("tags", []) or []
+        injected = sorted(set(INJECTED_TAGS) & set(tags))
+        if injected:
+            problems.append(Problem(display, index, "BENTO003",
+                                    f"cell is tagged {injected[0]!r}: this looks like an executed copy (papermill or "
+                                    "dagster-bento output); delete the cell — parameters are injected at run time"))
+            continue
         kind, found = _classify(display, index, source, meta, problems)
         if kind == "sql" and found is not None:
             sql_cells.append(found)
@@ -303,8 +327,8 @@ def _parameter_defaults(nb: str, index: int, source: str, problems: list[Problem
             if isinstance(target, ast.Name):
                 try:
                     out[target.id] = ast.literal_eval(value) if value is not None else None
-                except ValueError:
-                    out[target.id] = None  # computed default: known name, unknown value
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                    out[target.id] = COMPUTED  # known name, value computed in the kernel
     return out
 
 

@@ -11,16 +11,18 @@ import hashlib
 import json
 import os
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 import yaml
 
 from dagster_bento import eligibility, zones
 from dagster_bento.errors import DagsterBentoProjectError, Problem
-from dagster_bento.notebook import ParsedNotebook, parse_notebook
+from dagster_bento.notebook import ComputedDefault, ParsedNotebook, parse_notebook
 from dagster_bento.spec import (
     BentoJob,
     ResolvedSqlCell,
@@ -107,6 +109,11 @@ def load_config(project_dir: Path) -> tuple[ProjectConfig, list[Problem]]:
                         f"unknown field {k!r}; allowed: {', '.join(sorted(_CONFIG_KEYS))}")
                 for k in sorted(set(data) - _CONFIG_KEYS)]
     known = {k: v for k, v in data.items() if k in _CONFIG_KEYS}
+    for key, allowed in (("sandbox", ("bwrap", "docker", "none")), ("data_format", ("parquet", "csv"))):
+        if key in known and known[key] not in allowed:
+            problems.append(Problem(CONFIG_FILE, None, "BENTO009",
+                                    f"{key} is {known[key]!r}; use one of {', '.join(allowed)}"))
+            del known[key]
     return ProjectConfig(**known), problems
 
 
@@ -121,7 +128,10 @@ def dialect_for_url(url: str | None) -> str | None:
 # rendering
 
 
-_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+# Templates come from notebooks and are rendered by the orchestrator (which holds credentials): the
+# sandboxed environment refuses attribute access to internals (``cycler.__init__.__globals__...``).
+_JINJA = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                       keep_trailing_newline=True)
 
 
 class RenderError(ValueError):
@@ -129,21 +139,42 @@ class RenderError(ValueError):
 
 
 def template_context(parameters: Mapping[str, Any], ds: str) -> dict[str, Any]:
-    return {**parameters, "ds": ds, "ds_nodash": ds.replace("-", "")}
+    """What placeholders may use: literal parameters, ``ds`` and ``ds_nodash`` (computed defaults are
+    left out, so using one is an error that names it)."""
+    literal = {k: v for k, v in parameters.items() if not isinstance(v, ComputedDefault)}
+    return {**literal, "ds": ds, "ds_nodash": ds.replace("-", "")}
 
 
-def render(template: str, context: Mapping[str, Any]) -> str:
+def template_variables(template: str) -> set[str]:
+    if "{" not in template:
+        return set()
+    try:
+        return set(jinja2.meta.find_undeclared_variables(_JINJA.parse(template)))
+    except jinja2.TemplateSyntaxError:
+        return set()
+
+
+def render(template: str, context: Mapping[str, Any], computed: Collection[str] = ()) -> str:
     if "{" not in template:
         return template
     try:
         return _JINJA.from_string(template).render(**context)
     except jinja2.UndefinedError as err:
         name = str(err).split("'")[1] if "'" in str(err) else str(err)
+        if name in computed:
+            raise RenderError(f"placeholder '{{{{ {name} }}}}' uses a parameter whose default is computed in the "
+                              "parameters cell, so its value is only known inside the kernel; set it in the "
+                              "schedule's parameters or give it a literal default") from err
         known = ", ".join(sorted(k for k in context)) or "none"
         raise RenderError(f"placeholder '{{{{ {name} }}}}' names an unknown parameter; define '{name}' in the "
                           f"parameters cell or the schedule's parameters (known: {known})") from err
     except jinja2.TemplateSyntaxError as err:
         raise RenderError(f"template syntax error on line {err.lineno}: {err.message}") from err
+    except SecurityError as err:
+        raise RenderError(f"template refused: {err}; placeholders may only use parameters and filters "
+                          "such as {{ name }} or {{ name | lower }}") from err
+    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as err:
+        raise RenderError(f"template cannot be rendered: {err}") from err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +272,7 @@ def _load_one(path: Path, display: str, spec_file: Path, project_dir: Path, defa
         return parsed, [], problems, False
     exemptions, ex_problems = eligibility.parse_exemptions(list(spec.exemptions), notebook=display)
     problems += ex_problems
-    code = [(c.index, c.source) for c in parsed.code_cells if not c.is_parameters]
+    code = [(c.index, c.source) for c in parsed.code_cells]  # the parameters cell runs too
     problems += eligibility.check_notebook_cells(code, notebook=display, exemptions=exemptions)
     jobs = []
     for entry in spec.schedules:
@@ -268,10 +299,17 @@ def resolve_job(parsed: ParsedNotebook, spec: ScheduleSpec, entry: ScheduleEntry
                                 f"declare; add them with a default to {where}"))
     params = {**parsed.parameters, **entry.parameters}
     context = template_context(params, ds)
+    computed = [k for k, v in params.items() if isinstance(v, ComputedDefault)]
     sql_cells: list[ResolvedSqlCell] = []
     for cell in parsed.sql_cells:
+        if cell.dialect and dialect and cell.dialect != dialect:
+            problems.append(Problem(nb, cell.index, "BENTO003",
+                                    f"cell metadata sets dialect {cell.dialect!r} but the warehouse runs {dialect!r} "
+                                    "SQL, and the tables a query reads must be analysed in the dialect that runs "
+                                    "it; remove 'dialect' from the cell metadata"))
+            continue
         try:
-            sql = render(cell.sql, context)
+            sql = render(cell.sql, context, computed)
             analysis = analyse_query(sql, default_schema=default_schema, dialect=cell.dialect or dialect,
                                      schema=schema)
         except RenderError as err:
@@ -285,8 +323,14 @@ def resolve_job(parsed: ParsedNotebook, spec: ScheduleSpec, entry: ScheduleEntry
                                          analysis.column_lineage, analysis.output_columns, cell.dialect or dialect))
     write_cells: list[ResolvedWriteCell] = []
     for cell in parsed.write_cells:
+        if {"ds", "ds_nodash"} & template_variables(cell.table):
+            problems.append(Problem(nb, cell.index, "BENTO003",
+                                    f"write table {cell.table!r} depends on ds: a table name must be known before "
+                                    "the run (it is an asset); write one table with a ds column and mode "
+                                    "overwrite_partition instead"))
+            continue
         try:
-            table = render(cell.table, context)
+            table = render(cell.table, context, computed)
         except RenderError as err:
             problems.append(Problem(nb, cell.index, "BENTO005", f"schedule {entry.name!r}: {err}"))
             continue
@@ -404,6 +448,13 @@ def _code_fingerprint() -> str:
     h = hashlib.sha256()
     for name in ("notebook.py", "spec.py", "sql.py", "project.py", "eligibility.py"):
         h.update((here / name).read_bytes())
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package in ("sqlglot", "nbformat", "ipython", "jinja2"):
+        try:
+            h.update(f"{package}={version(package)}".encode())
+        except PackageNotFoundError:
+            pass
     return h.hexdigest()[:16]
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import yaml
 
 from dagster_bento.errors import DagsterBentoError, DagsterBentoRunError
@@ -113,7 +114,7 @@ def pipeline_preview(project: BentoProject, jobs: Sequence[BentoJob], trials: Se
         when = (f"cron `{job.entry.cron}` ({job.entry.timezone})" if job.entry.cron
                 else "when all upstream tables landed" if job.entry.trigger else "manual only")
         out += [f"### Schedule `{job.name}` — {when}", "",
-                f"Parameters: `{dict(job.parameters)}` · code version `{job.code_version}`"
+                f"Parameters: `{job.display_parameters}` · code version `{job.code_version}`"
                 + (f" · daily partitions from {job.spec.start_date}" if job.spec.partitioned else ""), "",
                 "| asset | mode | depends on | purpose-zone label |", "|---|---|---|---|"]
         for cell in job.write_cells:
@@ -131,7 +132,7 @@ def pipeline_preview(project: BentoProject, jobs: Sequence[BentoJob], trials: Se
         out.append("")
         if trial["error"]:
             out += ["```", trial["error"], "```", ""]
-        for o in trial["outputs"]:
+        for o in trial["outputs"]:  # names, counts and types only: no data values reach the review
             cols = ", ".join(f"{c} {t}" for c, t in o["columns"].items())
             out.append(f"- `{o['table']}`: {o['rows']} rows; columns: {cols}; label {o['label']}")
         if trial["executed_notebook"]:
@@ -175,11 +176,18 @@ def propose_schedule(project_dir: Path, notebook: Path, *, warehouse_url: str | 
             result = trial_run(project, job, warehouse_url=url, artifacts_dir=review_dir / "trial",
                                partition=part)
             if result["executed_notebook"]:
+                # warehouse data must not reach git: the review gets the notebook without outputs,
+                # the full executed copy stays in the (ignored) artifacts directory
+                full = Path(result["executed_notebook"])
+                local = project.project_dir / project.config.artifacts_dir / "reviews" / full.name
+                local.parent.mkdir(parents=True, exist_ok=True)
+                full.replace(local)
                 kept = review_dir / f"trial-{job.name}.ipynb"
-                Path(result["executed_notebook"]).replace(kept)
+                nbformat.write(_without_outputs(nbformat.read(local, as_version=4)), kept)
                 if result["error"]:
-                    result["error"] = result["error"].replace(result["executed_notebook"], str(kept))
+                    result["error"] = result["error"].replace(str(full), str(local))
                 result["executed_notebook"] = kept.relative_to(project_dir).as_posix()
+                result["executed_notebook_with_outputs"] = str(local)
             trials.append(result)
         _remove_tree(review_dir / "trial")
     preview = review_dir / "pipeline.md"
@@ -196,9 +204,21 @@ def propose_schedule(project_dir: Path, notebook: Path, *, warehouse_url: str | 
     _git(project_dir, "switch", "-c", branch)
     _git(project_dir, "add", "--", *files)
     summary = "; ".join(f"{j.name}: {', '.join(j.tables_written)}" for j in jobs)
+    # only these files, whatever else the user had staged
     _git(project_dir, "commit", "-m", f"Schedule {display}\n\n{summary}\nTrial run: "
-         + ("passed" if trials else "skipped") + f"\nPreview: {preview.relative_to(project_dir)}")
+         + ("passed" if trials else "skipped") + f"\nPreview: {preview.relative_to(project_dir)}", "--", *files)
     return ReviewResult(branch, _git(project_dir, "rev-parse", "HEAD"), files, trials)
+
+
+def _without_outputs(nb: Any) -> Any:
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            had_error = any(o.get("output_type") == "error" for o in cell.get("outputs", []))
+            cell.outputs = []
+            if had_error:
+                cell.outputs = [nbformat.v4.new_output("stream", name="stderr",
+                                                       text="[this cell raised; see the trial summary]\n")]
+    return nb
 
 
 def _remove_tree(path: Path) -> None:

@@ -123,8 +123,12 @@ def load_schedule_spec(path: Path, display: str, notebook: str) -> tuple[Schedul
         bad("'tags' must be a mapping of strings")
         tags = {}
     sandbox = data.get("sandbox")
-    if sandbox not in (None, "bwrap", "docker", "none"):
-        bad(f"'sandbox' is {sandbox!r}; use bwrap, docker or none")
+    if sandbox == "none":
+        bad("'sandbox: none' cannot be set by a notebook's spec; an operator sets it for local development "
+            "(bento.yaml sandbox: none or BENTO_SANDBOX=none)")
+        sandbox = None
+    elif sandbox not in (None, "bwrap", "docker"):
+        bad(f"'sandbox' is {sandbox!r}; use bwrap or docker")
         sandbox = None
     data_format = data.get("data_format")
     if data_format not in (None, "parquet", "csv"):
@@ -168,6 +172,10 @@ def _schedule_entries(raw: Any, bad: Any) -> list[ScheduleEntry]:
         if not isinstance(params, dict):
             bad(f"schedule {name!r}: 'parameters' must be a mapping")
             params = {}
+        for key, value in params.items():
+            if not _plain_value(value):
+                bad(f"schedule {name!r}: parameter {key!r} = {value!r} is a {type(value).__name__}; parameters are "
+                    "strings, numbers, booleans, null or lists/mappings of them (quote dates: '2026-01-01')")
         cron, trigger = item.get("cron"), item.get("trigger")
         if cron is not None and trigger is not None:
             bad(f"schedule {name!r} sets both 'cron' and 'trigger'; choose one")
@@ -181,6 +189,21 @@ def _schedule_entries(raw: Any, bad: Any) -> list[ScheduleEntry]:
         entries.append(ScheduleEntry(name, dict(params), str(cron) if cron else None, str(tz), trigger,
                                      item.get("description")))
     return entries
+
+
+def _plain_value(value: Any) -> bool:
+    """JSON-like values only: they are injected into the notebook as Python literals."""
+    import math
+
+    if value is None or isinstance(value, (str, bool, int)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_plain_value(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_value(v) for k, v in value.items())
+    return False
 
 
 _CRON_ATOM = r"(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?"
@@ -262,6 +285,11 @@ class BentoJob:
     @property
     def zone(self) -> str:
         return self.spec.zone
+
+    @property
+    def display_parameters(self) -> dict[str, Any]:
+        """Parameters for metadata and lineage (computed defaults shown as '<computed>')."""
+        return {k: (v if _plain_value(v) else repr(v)) for k, v in self.parameters.items()}
 
     @property
     def owners(self) -> tuple[str, ...]:

@@ -35,6 +35,40 @@ def normalise_table(name: str, default_schema: str) -> str:
     return ".".join(parts[-2:])
 
 
+# Functions that read data by name or from files, outside the tables the analysis can see: a SQL cell
+# must not call them (the purpose-zone checks depend on knowing every table read). The warehouses are
+# hardened too (DuckDB fetches run with external access disabled); this is the static half.
+_DATA_READING_PREFIXES = (
+    "read_", "query", "glob", "sniff_csv", "parquet_", "getenv", "pg_read", "pg_ls_", "pg_stat_file", "pg_file",
+    "lo_", "dblink", "table_to_xml", "cursor_to_xml", "schema_to_xml", "database_to_xml", "query_to_xml",
+    "pg_terminate", "pg_cancel", "pg_reload", "set_config", "load_extension", "iceberg_", "delta_scan",
+)
+_ALLOWED_TABLE_FUNCTIONS = (exp.GenerateSeries, exp.ExplodingGenerateSeries)
+
+
+def _function_name(func: exp.Func) -> str:
+    return (func.name if isinstance(func, exp.Anonymous) else func.sql_name()).lower()
+
+
+def check_reads_only_tables(ast: exp.Expression) -> None:
+    """Refuse table functions, file reads and functions that read data by name (e.g. query_table)."""
+    for table in ast.find_all(exp.Table):
+        if isinstance(table.this, exp.Func) and not isinstance(table.this, _ALLOWED_TABLE_FUNCTIONS):
+            raise SqlAnalysisError(
+                f"SQL cell uses the table function {_function_name(table.this)}(); SQL cells may only read "
+                "warehouse tables by name (so their purpose zones can be checked)")
+        if table.catalog:
+            raise SqlAnalysisError(f"SQL cell names {table.sql()} with a catalog/database part; use schema.table")
+        if any(ch in table.name for ch in "./\\") or table.name.startswith("~"):
+            raise SqlAnalysisError(f"SQL cell reads the file {table.name!r}; SQL cells may only read warehouse tables")
+    for func in ast.find_all(exp.Func):
+        name = _function_name(func)
+        if name.startswith(_DATA_READING_PREFIXES):
+            raise SqlAnalysisError(
+                f"SQL cell calls {name}(), which reads data or files outside the declared tables (or changes "
+                "server state); SQL cells may only read warehouse tables by name")
+
+
 def _table_name(table: exp.Table, default_schema: str) -> str:
     schema = (table.db or default_schema).lower()
     return f"{schema}.{table.name.lower()}"
@@ -80,7 +114,7 @@ def tables_read(ast: exp.Expression, default_schema: str, dialect: str | None = 
         try:
             for scope in traverse_scope(qualified):
                 for _alias, (_node, source) in scope.selected_sources.items():
-                    if isinstance(source, exp.Table):
+                    if isinstance(source, exp.Table) and source.name:  # not a generator like range()
                         found.add(_table_name(source, default_schema))
         except SqlglotError:
             found.clear()
@@ -136,6 +170,7 @@ def column_lineage(qualified: exp.Expression | None, *, default_schema: str, dia
 def analyse_query(sql: str, *, default_schema: str, dialect: str | None,
                   schema: Mapping[str, Mapping[str, str]] | None = None) -> SqlAnalysis:
     ast = parse_query(sql, dialect)
+    check_reads_only_tables(ast)
     qualified = _qualified(ast, default_schema, dialect, _nested_schema(schema, default_schema))
     tables = tables_read(ast, default_schema, dialect, qualified)
     columns, lineage_map = column_lineage(qualified, default_schema=default_schema, dialect=dialect)

@@ -61,7 +61,7 @@ class DagsterBentoTranslator:
             f"{META}/write_cell": cell.index,
             f"{META}/write_mode": cell.mode,
             f"{META}/zone": job.zone,
-            f"{META}/parameters": dg.MetadataValue.json(dict(job.parameters)),
+            f"{META}/parameters": dg.MetadataValue.json(job.display_parameters),
             f"{META}/sql": dg.MetadataValue.md(_sql_markdown(job)),
             f"{META}/tables_read": dg.MetadataValue.json(list(job.tables_read)),
         })

@@ -53,6 +53,7 @@ def test_schedule_creates_a_review_branch(repo):
     assert "SUCCESS" in preview and "`mart.totals`: 5 rows" in preview and "double" in preview
     trial = nbformat.read(repo / "reviews" / "totals" / "trial-totals.ipynb", as_version=4)
     assert trial.metadata["dagster_bento"]["rewritten_cells"]
+    assert all(not c.get("outputs") for c in trial.cells)  # no warehouse data in git
     # a trial uploads nothing
     con = duckdb.connect(str(repo / "warehouse.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'totals'").fetchall() == [(0,)]
@@ -69,6 +70,7 @@ def test_failed_trial_commits_nothing(repo):
     assert "trial run of broken failed" in out.stderr and "bad data" in out.stderr
     assert git(repo, "branch", "--show-current") == "main"
     assert git(repo, "log", "--oneline").count("\n") == 0  # still only the initial commit
+    assert not (repo / "notebooks" / "broken.bento.yaml").exists()  # the spec it wrote is removed
 
 
 def test_static_problems_block_the_proposal(repo):

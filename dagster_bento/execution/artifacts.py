@@ -1,19 +1,58 @@
-"""Step 5e: keep each run's executed notebook (with outputs) and an HTML rendering, never overwritten."""
+"""Step 5e: keep each run's executed notebook (with outputs) and an HTML rendering, never overwritten.
 
+Outputs are written by untrusted notebook code and the Dagster UI renders kept notebooks from its own
+origin, so the kept copy is sanitised first: scripts, SVG and raw markdown outputs are dropped and
+HTML outputs (pandas tables) are cleaned to formatting tags only.
+"""
+
+import copy
 import os
+import re
 from pathlib import Path
 
 import nbformat
 from nbformat import NotebookNode
+
+_DROPPED_MIME = ("application/javascript", "text/javascript", "image/svg+xml", "text/markdown", "text/latex",
+                 "application/vnd.jupyter.widget-view+json")
+_HTML_TAGS = {"table", "thead", "tbody", "tfoot", "tr", "th", "td", "caption", "colgroup", "col", "div", "span", "p",
+              "br", "hr", "b", "i", "em", "strong", "code", "pre", "small", "sub", "sup", "ul", "ol", "li", "h1",
+              "h2", "h3", "h4", "h5", "h6", "blockquote"}
+_HTML_ATTRS = {"*": ["class", "colspan", "rowspan", "align", "border"]}
+_STYLE_BLOCK = re.compile(r"<style\b.*?</style\s*>", re.IGNORECASE | re.DOTALL)
 
 
 def artifact_path(artifacts_dir: Path, schedule: str, run_id: str) -> Path:
     return artifacts_dir / schedule / f"{run_id}.ipynb"
 
 
+def sanitize(nb: NotebookNode) -> NotebookNode:
+    """A copy whose outputs cannot run script in a browser that renders it."""
+    import bleach
+
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data")
+            if not data:
+                continue
+            dropped = [m for m in data if m in _DROPPED_MIME]
+            for mime in dropped:
+                del data[mime]
+            if "text/html" in data:
+                html = data["text/html"]
+                html = "".join(html) if isinstance(html, list) else html
+                data["text/html"] = bleach.clean(_STYLE_BLOCK.sub("", html), tags=_HTML_TAGS,
+                                                 attributes=_HTML_ATTRS, strip=True, strip_comments=True)
+            if not data:
+                data["text/plain"] = f"[output of type {', '.join(dropped)} not kept in run artifacts]"
+    return nb
+
+
 def save(nb: NotebookNode, target: Path, *, html: bool = True) -> Path:
-    """Write ``target`` (and ``target.html``). A second save for the same run id gets a numbered
-    name (a retried step), so an earlier artifact is never overwritten."""
+    """Write the sanitised notebook to ``target`` (and ``target.html``). A second save for the same run
+    id gets a numbered name (a retried step), so an earlier artifact is never overwritten."""
+    nb = sanitize(nb)
     target.parent.mkdir(parents=True, exist_ok=True)
     path, n = target, 1
     while path.exists():
@@ -30,5 +69,5 @@ def save(nb: NotebookNode, target: Path, *, html: bool = True) -> Path:
 def write_html(nb: NotebookNode, path: Path) -> None:
     from nbconvert import HTMLExporter  # imported lazily: ~0.3 s, only needed after execution
 
-    body, _resources = HTMLExporter(template_name="classic").from_notebook_node(nb)
+    body, _resources = HTMLExporter(template_name="classic", sanitize_html=True).from_notebook_node(nb)
     path.write_text(body, encoding="utf-8")

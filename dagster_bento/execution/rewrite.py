@@ -154,8 +154,14 @@ def _replace(cell: NotebookNode, line: str) -> None:
     cell.source = line
 
 
+def _is_injected(cell: NotebookNode) -> bool:
+    return bool({INJECTED_TAG, SETUP_TAG} & set(cell.get("metadata", {}).get("tags", [])))
+
+
 def original_index(executed: NotebookNode, index: int) -> int:
-    """Map a cell index of the rewritten notebook back to the original notebook's index."""
-    injected_before = sum(1 for cell in executed.cells[:index]
-                          if {INJECTED_TAG, SETUP_TAG} & set(cell.get("metadata", {}).get("tags", [])))
+    """Map a cell index of the rewritten notebook back to the original notebook's index. An injected
+    cell maps to the cell it follows (the parameters cell), the setup cell to 0."""
+    injected_before = sum(1 for cell in executed.cells[:index] if _is_injected(cell))
+    if _is_injected(executed.cells[index]):
+        return max(0, index - injected_before - 1)
     return index - injected_before

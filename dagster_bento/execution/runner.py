@@ -7,6 +7,8 @@ The run directory holding the data files is deleted whatever happens.
 
 import dataclasses
 import datetime as dt
+import hashlib
+import stat
 import os
 import shutil
 import tempfile
@@ -29,7 +31,7 @@ from dagster_bento.errors import (
 from dagster_bento.execution import artifacts
 from dagster_bento.execution.rewrite import input_path, original_index, output_path, rewrite_notebook
 from dagster_bento.lineage import LineageConfig, LineageDataset, LineageEmitter
-from dagster_bento.notebook import parse_notebook
+from dagster_bento.notebook import parse_notebook_node
 from dagster_bento.project import POLICY_FILE, resolve_job
 from dagster_bento.spec import BentoJob
 from dagster_bento.translator import META, DagsterBentoTranslator, column_lineage_for
@@ -63,6 +65,7 @@ class BentoInvocation:
         self._error: BaseException | None = None
         self.executed_notebook: Path | None = None
         self._logged: list[dict[str, Any]] = []  # log-mode zone violations, recorded on the outputs
+        self._source_nb: Any = None  # the notebook as read (once) for this run
 
     # -- public handle --------------------------------------------------------------------------
 
@@ -96,22 +99,26 @@ class BentoInvocation:
         run_id = self.context.run_id
         ds = self._ds()
         job = self._job_for_run(ds)
-        warehouse = warehouse_from_url(self.resource.warehouse_url)
-        emitter = self._emitter(warehouse)
-        fmt = self.resource.data_format
-        read_labels: dict[str, frozenset[str]] = {}
+        fmt = job.spec.data_format or self.resource.data_format
         inputs = [LineageDataset(t) for t in job.tables_read]
-        emitter.start(run_id=run_id, job_name=job.name, notebook_path=job.notebook_path,
-                      notebook_zone=job.zone, inputs=inputs, sql=[c.sql for c in job.sql_cells],
-                      parameters={**job.parameters, "ds": ds}, nominal_time=_nominal(ds))
-        run_dir = self._make_run_dir(run_id)
+        read_labels: dict[str, frozenset[str]] = {}
         timings = RunTimings()
+        warehouse: Warehouse | None = None
+        emitter: LineageEmitter | None = None
+        work_dir: Path | None = None
         try:
+            warehouse = warehouse_from_url(self.resource.warehouse_url)
+            emitter = self._emitter(warehouse)
+            emitter.start(run_id=run_id, job_name=job.name, notebook_path=job.notebook_path,
+                          notebook_zone=job.zone, inputs=inputs, sql=[c.sql for c in job.sql_cells],
+                          parameters={**job.display_parameters, "ds": ds}, nominal_time=_nominal(ds))
+            work_dir = self._make_work_dir(run_id)
+            run_dir = work_dir / "nb"  # the only directory the sandbox sees
             policy = self._policy()
             read_labels = self._check_reads(policy, job, warehouse)
             fetched = self._fetch(job, warehouse, run_dir, fmt, timings)
             executed = self._execute(job, run_dir, fmt, ds, timings)
-            files = self._outputs(job, run_dir, fmt)
+            files = collect_outputs(job, run_dir, work_dir / "collected", fmt)
             labels = self._check_writes(policy, job, warehouse, read_labels)
             if self.dry_run:
                 self.trial_outputs = [_describe_file(table, path, fmt, labels.get(table))
@@ -121,14 +128,17 @@ class BentoInvocation:
         except BaseException as err:
             if isinstance(err, DagsterBentoRunError) and self.executed_notebook:
                 err.attach_executed_notebook(str(self.executed_notebook))
-            violation = getattr(err, "metadata", {}).get("violation") if isinstance(err, DagsterBentoError) else None
-            emitter.fail(run_id=run_id, job_name=job.name, inputs=inputs, error_message=str(err),
-                         violation=violation.data if hasattr(violation, "data") else violation,
-                         stack_trace="".join(traceback.format_exception(err))[-4000:])
+            if emitter is not None:
+                violation = err.metadata.get("violation") if isinstance(err, DagsterBentoError) else None
+                emitter.fail(run_id=run_id, job_name=job.name, inputs=inputs, error_message=str(err),
+                             violation=getattr(violation, "data", violation),
+                             stack_trace="".join(traceback.format_exception(err))[-4000:])
             raise
         finally:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            warehouse.close()
+            if work_dir is not None:
+                shutil.rmtree(work_dir, ignore_errors=True)
+            if warehouse is not None:
+                warehouse.close()
         outputs = [LineageDataset(u.table, columns=tuple((c.name, c.type) for c in u.columns),
                                   zones=labels.get(u.table), row_count=u.rows_written,
                                   column_lineage=_ol_column_lineage(job, u))
@@ -139,30 +149,38 @@ class BentoInvocation:
         return [self._result(job, u, labels, fetched, executed, timings, ds) for u in uploaded]
 
     def _job_for_run(self, ds: str) -> BentoJob:
-        """Re-render the schedule with the run's ``ds``; refuse if the notebook changed since load."""
+        """Re-render the schedule with the run's ``ds`` from one read of the notebook; refuse if the
+        notebook changed since load (the code version shown in the UI would be a lie)."""
         job = self.job
-        parsed = parse_notebook(self.project_dir / job.notebook_path, job.notebook_path)
-        if parsed.sha256 != job.notebook_sha256:
+        raw = (self.project_dir / job.notebook_path).read_bytes()
+        if hashlib.sha256(raw).hexdigest() != job.notebook_sha256:
             raise DagsterBentoRunError(
                 f"{job.notebook_path} changed since the definitions were loaded; reload the code location "
                 "(its code version changes with the notebook) and run again", notebook=job.notebook_path)
+        self._source_nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
+        parsed = parse_notebook_node(self._source_nb, job.notebook_path, job.notebook_sha256)
         resolved, problems = resolve_job(parsed, job.spec, job.entry, default_schema=job.default_schema,
                                          dialect=job.dialect, ds=ds)
         if resolved is None:
             raise DagsterBentoRunError("cannot render the notebook for this run:\n" + "\n".join(
                 f"  - {p}" for p in problems), notebook=job.notebook_path)
+        if resolved.tables_written != job.tables_written:
+            raise DagsterBentoRunError(
+                f"{job.notebook_path}: the tables written at run time {list(resolved.tables_written)} differ from "
+                f"the assets {list(job.tables_written)}; reload the code location", notebook=job.notebook_path)
         return resolved
 
     # -- steps ----------------------------------------------------------------------------------
 
-    def _make_run_dir(self, run_id: str) -> Path:
+    def _make_work_dir(self, run_id: str) -> Path:
+        """A private (0700) work dir: ``nb/`` is bound into the sandbox, ``collected/`` is not."""
         root = Path(self.resource.run_root) if self.resource.run_root else Path(tempfile.gettempdir())
         root.mkdir(parents=True, exist_ok=True)
-        run_dir = Path(tempfile.mkdtemp(prefix=f"bento-{run_id[:8]}-", dir=root))
-        os.chmod(run_dir, 0o700)
-        (run_dir / "inputs").mkdir()
-        (run_dir / "outputs").mkdir()
-        return run_dir
+        work_dir = Path(tempfile.mkdtemp(prefix=f"bento-{run_id[:8]}-", dir=root))
+        os.chmod(work_dir, 0o700)
+        for sub in ("nb", "nb/inputs", "nb/outputs", "collected"):
+            (work_dir / sub).mkdir()
+        return work_dir
 
     def _policy(self) -> Any:
         path = self.project_dir / POLICY_FILE
@@ -210,16 +228,18 @@ class BentoInvocation:
     def _execute(self, job: BentoJob, run_dir: Path, fmt: str, ds: str, timings: RunTimings) -> Path:
         from dagster_bento.execution.sandbox import SandboxConfig, execute_notebook
 
-        source = nbformat.read(self.project_dir / job.notebook_path, as_version=4)
         nb = rewrite_notebook(
-            source, sql_cells=[(c.index, c.output) for c in job.sql_cells],
+            self._source_nb, sql_cells=[(c.index, c.output) for c in job.sql_cells],
             write_cells=[(w.index, w.input, w.table) for w in job.write_cells],
-            parameters={**job.parameters, "ds": ds, "ds_nodash": ds.replace("-", "")},
+            # papermill's semantics: only what the schedule sets (defaults stay in the parameters cell)
+            parameters={**job.entry.parameters, "ds": ds, "ds_nodash": ds.replace("-", "")},
             parameters_cell=job.parameters_cell, fmt=fmt,  # type: ignore[arg-type]
             run_info={"schedule": job.name, "run_id": self.context.run_id, "notebook": job.notebook_path,
                       "code_version": job.code_version})
         config = SandboxConfig(
-            backend=job.spec.sandbox or self.resource.sandbox,  # type: ignore[arg-type]
+            # a spec may pick bwrap or docker; only the operator (resource / BENTO_SANDBOX) can say none
+            backend=self.resource.sandbox if self.resource.sandbox == "none" else (
+                job.spec.sandbox or self.resource.sandbox),  # type: ignore[arg-type]
             timeout_s=job.spec.timeout_seconds or self.resource.timeout_seconds,
             memory_limit_mb=job.spec.memory_limit_mb or self.resource.memory_limit_mb,
             docker_image=self.resource.docker_image)
@@ -238,18 +258,6 @@ class BentoInvocation:
         self.executed_notebook = artifacts.save(executed, target, html=self.resource.html)
         self.log.info(f"executed notebook kept at {self.executed_notebook}")
         return self.executed_notebook
-
-    def _outputs(self, job: BentoJob, run_dir: Path, fmt: str) -> dict[str, Path]:
-        files = {}
-        for cell in job.write_cells:
-            path = run_dir / output_path(cell.table, fmt)
-            if not path.exists():
-                raise DagsterBentoOutputError(
-                    f"write cell {cell.index} of {job.notebook_path} produced no file for {cell.table}: "
-                    f"the dataframe {cell.input!r} was not written. Make sure every cell before it runs "
-                    "and that it holds a pandas DataFrame", notebook=job.notebook_path, cell=cell.index)
-            files[cell.table] = path
-        return files
 
     def _check_writes(self, policy: Any, job: BentoJob, warehouse: Warehouse,
                       read_labels: Mapping[str, frozenset[str]]) -> dict[str, frozenset[str]]:
@@ -293,11 +301,12 @@ class BentoInvocation:
             "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in columns.items()]),
             f"{META}/rows_written": uploaded.rows_written,
             f"{META}/executed_notebook": dg.MetadataValue.notebook(str(executed)),
-            f"{META}/executed_notebook_html": dg.MetadataValue.path(str(executed.with_suffix(".html"))),
             f"{META}/timings_s": dg.MetadataValue.json(timings.as_dict()),
             f"{META}/rows_fetched": dg.MetadataValue.json({str(i): r.rows for i, r in fetched.items()}),
             f"{META}/ds": ds,
         }
+        if self.resource.html:
+            metadata[f"{META}/executed_notebook_html"] = dg.MetadataValue.path(str(executed.with_suffix(".html")))
         lineage = column_lineage_for(job, columns, self.translator)
         if lineage is not None:
             metadata["dagster/column_lineage"] = lineage
@@ -313,6 +322,54 @@ class BentoInvocation:
         transport = "none" if self.dry_run else r.lineage_transport
         config = LineageConfig(transport=transport, file_path=path, url=r.lineage_url)  # type: ignore[arg-type]
         return LineageEmitter(config, dataset_namespace=_namespace(warehouse))
+
+
+def collect_outputs(job: BentoJob, run_dir: Path, dest: Path, fmt: str) -> dict[str, Path]:
+    """Copy each write cell's file out of the sandbox's directory into an orchestrator-private one.
+
+    The notebook controls everything under ``run_dir``: files are opened without following symbolic
+    links (``O_NOFOLLOW``, relative to a directory opened the same way), must be regular files, and are
+    copied, so nothing the upload reads can be swapped afterwards.
+    """
+    try:
+        out_fd = os.open(run_dir / "outputs", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as err:
+        raise DagsterBentoOutputError(
+            f"{job.notebook_path}: the run's outputs directory was replaced or removed by the notebook ({err}); "
+            "write cells write there — leave it in place", notebook=job.notebook_path) from err
+    files = {}
+    try:
+        for cell in job.write_cells:
+            name = output_path(cell.table, fmt).removeprefix("outputs/")
+            for part in [name, *([name + ".schema.json"] if fmt == "csv" else [])]:
+                _copy_regular_file(out_fd, part, dest / part, job, cell)
+            files[cell.table] = dest / name
+    finally:
+        os.close(out_fd)
+    return files
+
+
+def _copy_regular_file(dir_fd: int, name: str, target: Path, job: BentoJob, cell: Any) -> None:
+    where = dict(notebook=job.notebook_path, cell=cell.index)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except FileNotFoundError as err:
+        raise DagsterBentoOutputError(
+            f"write cell {cell.index} of {job.notebook_path} produced no file for {cell.table}: the dataframe "
+            f"{cell.input!r} was not written. Make sure every cell before it runs and that it holds a pandas "
+            "DataFrame", **where) from err
+    except OSError as err:  # ELOOP: a symbolic link
+        raise DagsterBentoOutputError(
+            f"write cell {cell.index} of {job.notebook_path}: outputs/{name} is not a regular file ({err.strerror}); "
+            "the notebook must not replace what write cells write", **where) from err
+    with os.fdopen(fd, "rb") as src:
+        info = os.fstat(src.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise DagsterBentoOutputError(
+                f"write cell {cell.index} of {job.notebook_path}: outputs/{name} is not a regular file; the "
+                "notebook must not replace what write cells write", **where)
+        with open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1024 * 1024)
 
 
 def _describe_file(table: str, path: Path, fmt: str, label: frozenset[str] | None) -> dict[str, Any]:
