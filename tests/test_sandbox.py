@@ -501,12 +501,18 @@ def test_bwrap_argv_binds_only_what_the_kernel_needs(run_dir: Path) -> None:
     assert "/" not in sources and str(PROJECT_DIR) not in sources
     assert ("--ro-bind", sys.prefix, sys.prefix) in binds
     assert ("--bind", str(run_dir), str(run_dir)) in binds
-    assert [b for b in binds if b[0] == "--bind"] == [("--bind", str(run_dir), str(run_dir))]
+    # The only writable binds: run_dir, and the state dir in it pinned as its own mount point.
+    assert {b for b in binds if b[0] == "--bind"} == {
+        ("--bind", str(run_dir), str(run_dir)),
+        ("--bind", str(state), str(state)),
+    }
+    assert args.index(str(state)) > args.index(str(run_dir))  # the state bind goes on top
     assert not any(s.startswith("/etc/") and s.endswith(("shadow", "resolv.conf")) for s in sources)
     assert args[args.index("--tmpfs") + 1] == "/tmp"
     assert args.index("--tmpfs") < args.index("--bind")  # run_dir (maybe under /tmp) goes on top
     limit = argv[argv.index("--") + 1 :]
     assert limit[0].endswith("prlimit") and limit[1] == f"--data={4096 * 1024 * 1024}"
+    assert limit[2] == f"--fsize={51200 * 1024 * 1024}" and limit[3] == "--"
     assert argv[-2:] == ["-f", "{connection_file}"]
 
 
@@ -542,6 +548,10 @@ def test_config_validation() -> None:
         SandboxConfig(backend="chroot")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="timeout_s"):
         SandboxConfig(timeout_s=0)
+    with pytest.raises(ValueError, match="tmp_size_mb"):
+        SandboxConfig(tmp_size_mb=0)
+    with pytest.raises(ValueError, match="max_file_mb"):
+        SandboxConfig(max_file_mb=-1)
     with pytest.raises(ValueError, match="extra_ro_binds"):
         SandboxConfig(extra_ro_binds=("relative/path",))
 
@@ -560,3 +570,243 @@ def test_docker_kernel_manager_uses_container_provisioner(run_dir: Path) -> None
     assert km.transport == "ipc" and km.ip.startswith(str(run_dir))
     assert Path(km.connection_file).parent == state
     assert not km.has_kernel
+
+
+
+# --------------------------------------------------------------------------------------------------
+# The orchestrator never follows what the notebook puts in the run directory
+# --------------------------------------------------------------------------------------------------
+
+
+def _start_environ_entries() -> list[str]:
+    """This process's start environment (what /proc/self/environ shows), the distinctive entries."""
+    raw = Path("/proc/self/environ").read_bytes().decode(errors="replace")
+    entries = [e for e in raw.split("\0") if "=" in e and len(e.split("=", 1)[1]) >= 8]
+    assert any(e.startswith("PATH=") for e in entries)
+    return entries
+
+
+@pytest.mark.kernel
+def test_kernel_log_symlink_does_not_leak_the_orchestrators_files(run_dir: Path) -> None:
+    """The notebook replaces whatever the kernel log was with a symlink to /proc/self/environ and
+    dies: the error message must quote the kernel's own stderr, never a file the link points at."""
+    nb = _nb(
+        "import os, sys\n"
+        "# the kernel process's real stderr (ipykernel points fd 2 at a pipe to the frontend)\n"
+        "os.write(getattr(sys.stderr, '_original_stdstream_copy', 2), b'KERNEL-STDERR-MARKER\\n')\n"
+        "try:\n    os.remove('.bento-kernel/kernel.log')\nexcept FileNotFoundError:\n    pass\n"
+        "os.symlink('/proc/self/environ', '.bento-kernel/kernel.log')\n"
+        "os._exit(1)",
+    )
+    start = time.monotonic()
+    with pytest.raises(DagsterBentoKernelDiedError) as info:
+        execute_notebook(nb, run_dir=run_dir, config=BWRAP, notebook_label="leak.ipynb")
+    assert time.monotonic() - start < 15
+    message = str(info.value)
+    leaked = [e.split("=", 1)[0] for e in _start_environ_entries() if e in message]
+    assert not leaked, f"the orchestrator's environment is in the error message: {leaked}"
+    assert "KERNEL-STDERR-MARKER" in message  # the real kernel stderr is still quoted
+    assert not (run_dir / sandbox.STATE_DIR_NAME).exists()
+
+
+@pytest.mark.kernel
+def test_kernel_log_fifo_does_not_hang_the_orchestrator(run_dir: Path) -> None:
+    nb = _nb(
+        "import os\n"
+        "try:\n    os.remove('.bento-kernel/kernel.log')\nexcept FileNotFoundError:\n    pass\n"
+        "os.mkfifo('.bento-kernel/kernel.log')\n"
+        "os._exit(1)",
+    )
+    result: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            execute_notebook(nb, run_dir=run_dir, config=BWRAP, notebook_label="fifo.ipynb")
+        except BaseException as e:
+            result.append(e)
+        else:
+            result.append(None)
+
+    start = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():
+        # Unblock the orchestrator (stuck opening the FIFO for reading) so the test process can exit.
+        fifo = run_dir / sandbox.STATE_DIR_NAME / "kernel.log"
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        thread.join(30)
+        pytest.fail("the orchestrator hung reading a FIFO the notebook put in the run directory")
+    assert time.monotonic() - start < 15
+    assert len(result) == 1 and isinstance(result[0], DagsterBentoKernelDiedError), result
+
+
+@pytest.mark.kernel
+def test_state_dir_cannot_be_swapped_for_a_symlink(run_dir: Path, tmp_path: Path) -> None:
+    """jupyter_client's cleanup removes <state>/connection.json and <state>/ipc-N by name; if the
+    notebook could replace the state dir with a symlink, the orchestrator would delete those names
+    in any directory. Symlinks *inside* the state dir must not be followed by the cleanup either."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    names = ["connection.json", *(f"ipc-{i}" for i in range(1, 8)), "keep.txt"]
+    for name in names:
+        (victim / name).write_text("precious")
+    inside = (
+        "import os\n"
+        f"os.symlink({str(victim)!r}, '.bento-kernel/dir-link')\n"
+        f"os.symlink({str(victim / 'keep.txt')!r}, '.bento-kernel/file-link')\n"
+        "os.remove('.bento-kernel/connection.json')\n"
+        f"os.symlink({str(victim / 'connection.json')!r}, '.bento-kernel/connection.json')\n"
+        "print('LINKED')"
+    )
+    swap = (
+        "import os\n"
+        "try:\n"
+        "    os.rename('.bento-kernel', 'moved-state')\n"
+        f"    os.symlink({str(victim)!r}, '.bento-kernel')\n"
+        "    print('SWAPPED')\n"
+        "except OSError as e:\n"
+        "    print('BLOCKED', e)"
+    )
+    out = execute_notebook(_nb(inside, swap), run_dir=run_dir, config=BWRAP, notebook_label="swap.ipynb")
+    assert _stdout(out.cells[0]) == "LINKED\n"
+    assert sorted(p.name for p in victim.iterdir()) == sorted(names)
+    assert all((victim / n).read_text() == "precious" for n in names)
+    assert _stdout(out.cells[1]).startswith("BLOCKED"), _stdout(out.cells[1])  # EBUSY: a mount point
+    assert not os.path.lexists(run_dir / sandbox.STATE_DIR_NAME)
+
+
+@pytest.mark.kernel
+def test_leftover_state_dir_symlink_is_not_written_through(run_dir: Path, tmp_path: Path) -> None:
+    """A run dir reused after a notebook left `.bento-kernel -> elsewhere`: the next run must not
+    create its kernelspec and identity files (or anything else) in `elsewhere`."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    (run_dir / sandbox.STATE_DIR_NAME).symlink_to(victim)
+    out = execute_notebook(_nb("print('ran')"), run_dir=run_dir, config=BWRAP, notebook_label="left.ipynb")
+    assert _stdout(out.cells[0]) == "ran\n"
+    assert [p.name for p in victim.iterdir()] == ["keep.txt"]
+    assert not os.path.lexists(run_dir / sandbox.STATE_DIR_NAME)
+
+
+def test_rmtree_does_not_follow_symlinks() -> None:
+    """The state dir cleanup relies on this (fd-based rmtree on Linux)."""
+    import shutil
+
+    assert shutil.rmtree.avoids_symlink_attacks
+
+
+# --------------------------------------------------------------------------------------------------
+# No secrets from /etc; resource limits
+# --------------------------------------------------------------------------------------------------
+
+_SECRET_ETC = ("/etc/ssl", "/etc/ca-certificates", "/etc/ssh", "/etc/shadow", "/etc/gshadow", "/etc/docker",
+               "/etc/sudoers", "/etc/sudoers.d", "/etc/security", "/etc/hosts", "/etc/resolv.conf")
+
+
+def test_bwrap_argv_binds_no_tls_material_or_secrets_from_etc(run_dir: Path) -> None:
+    state = run_dir / sandbox.STATE_DIR_NAME
+    args = bwrap_args(BWRAP, run_dir, state)
+    binds = [(args[i + 1], args[i + 2]) for i, a in enumerate(args) if a in ("--bind", "--ro-bind")]
+    etc_sources = [src for src, _ in binds if src == "/etc" or src.startswith("/etc/")]
+    assert etc_sources, "expected some /etc entries"
+    for src in etc_sources:
+        assert not sandbox._is_under(src, _SECRET_ETC), src
+        assert not src.startswith("/etc/postgresql"), src
+        assert src != "/etc"
+    # passwd, group and hosts are generated, never the host's
+    generated = {dest: src for src, dest in binds if dest in ("/etc/passwd", "/etc/group", "/etc/hosts")}
+    assert generated == {f"/etc/{n}": str(state / n) for n in ("passwd", "group", "hosts")}
+
+
+@pytest.mark.kernel
+def test_etc_ssl_private_is_not_readable_in_the_sandbox(run_dir: Path) -> None:
+    if not Path("/etc/ssl/private").is_dir():
+        pytest.skip("no /etc/ssl/private on this machine")
+    probe = (
+        "import os, socket, ssl\n"
+        "for p in ('/etc/ssl/private', '/etc/ssl/openssl.cnf', '/etc/ssl'):\n"
+        "    try:\n"
+        "        os.listdir(p) if os.path.isdir(p) else open(p).read()\n"
+        "        print('READ', p)\n"
+        "    except OSError as e:\n"
+        "        print('BLOCKED', p, type(e).__name__)\n"
+        "print('HOSTS', repr(open('/etc/hosts').read()))\n"
+        "print('LOCALHOST', socket.gethostbyname('localhost'))\n"
+        "ssl.create_default_context(); print('SSL-IMPORT-OK')"
+    )
+    out = execute_notebook(_nb(probe), run_dir=run_dir, config=BWRAP, notebook_label="etc.ipynb")
+    text = _stdout(out.cells[0])
+    assert "READ" not in text, text
+    assert "BLOCKED /etc/ssl/private FileNotFoundError" in text
+    assert "LOCALHOST 127.0.0.1" in text and "SSL-IMPORT-OK" in text
+    hosts = re.search(r"HOSTS (.*)", text).group(1)  # type: ignore[union-attr]
+    assert "bento-sandbox" in hosts
+    for line in Path("/etc/hosts").read_text().splitlines():  # no host names from the host
+        for name in line.split("#")[0].split()[1:]:
+            if name not in ("localhost", "ip6-localhost", "ip6-loopback"):
+                assert name not in hosts, name
+    if os.geteuid() == 0:  # control: root (as the kernel is, without capabilities) can list it
+        os.listdir("/etc/ssl/private")
+
+
+def test_resource_limits_in_argv_and_docker_kwargs(run_dir: Path) -> None:
+    state = run_dir / sandbox.STATE_DIR_NAME
+    config = SandboxConfig(backend="bwrap", tmp_size_mb=64, max_file_mb=10, memory_limit_mb=None)
+    args = bwrap_args(config, run_dir, state)
+    i = args.index("--tmpfs")
+    assert args[i - 2 : i + 2] == ["--size", str(64 * 1024 * 1024), "--tmpfs", "/tmp"]
+    argv = kernel_argv(config, run_dir, state)
+    limit = argv[argv.index("--") + 1 :]
+    assert limit[0].endswith("prlimit") and limit[1:3] == [f"--fsize={10 * 1024 * 1024}", "--"]
+
+    unlimited = SandboxConfig(backend="bwrap", tmp_size_mb=None, max_file_mb=None, memory_limit_mb=None)
+    assert "--size" not in bwrap_args(unlimited, run_dir, state)
+    argv = kernel_argv(unlimited, run_dir, state)
+    assert not any(a.endswith("prlimit") for a in argv)
+    assert argv[argv.index("--") + 1] == sys.executable
+
+    docker = SandboxConfig(backend="docker", docker_image="img", tmp_size_mb=64, max_file_mb=10)
+    kw = docker_container_kwargs(docker, run_dir, state / "connection.json")
+    assert kw["tmpfs"]["/tmp"].endswith(",size=64m")
+    assert kw["ulimits"] == [{"Name": "fsize", "Soft": 10 * 1024 * 1024, "Hard": 10 * 1024 * 1024}]
+    assert kw["volumes"][str(state)] == {"bind": str(state), "mode": "rw"}  # pinned, as with bwrap
+
+
+def test_missing_prlimit_is_unavailable_for_the_file_size_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "PRLIMIT_EXECUTABLE", "/nonexistent/prlimit")
+    with pytest.raises(DagsterBentoSandboxUnavailableError, match="max_file_mb=None"):
+        check_sandbox_available(SandboxConfig(backend="bwrap", memory_limit_mb=None))
+
+
+@pytest.mark.kernel
+def test_file_size_limit(run_dir: Path) -> None:
+    nb = _nb(
+        "open('small.bin', 'wb').write(b'x' * (512 * 1024)); print('small ok')",
+        "with open('big.bin', 'wb') as f:\n    f.write(b'x' * (3 * 1024 * 1024))",
+    )
+    config = SandboxConfig(backend="bwrap", timeout_s=60, max_file_mb=1)
+    with pytest.raises(DagsterBentoCellError) as info:
+        execute_notebook(nb, run_dir=run_dir, config=config, notebook_label="big.ipynb")
+    e = info.value
+    assert e.cell == 1 and e.ename == "OSError" and "File too large" in (e.evalue or "")
+    assert "1 MB" in str(e) and "max_file_mb" in str(e)
+    assert _stdout(e.executed_nb.cells[0]) == "small ok\n"  # type: ignore[attr-defined]
+    assert (run_dir / "big.bin").stat().st_size <= 1024 * 1024
+
+
+@pytest.mark.kernel
+def test_tmp_size_limit(run_dir: Path) -> None:
+    nb = _nb(
+        "import os\nst = os.statvfs('/tmp')\nprint(st.f_blocks * st.f_frsize)",
+        "with open('/tmp/big.bin', 'wb') as f:\n    f.write(b'x' * (16 * 1024 * 1024))",
+    )
+    config = SandboxConfig(backend="bwrap", timeout_s=60, tmp_size_mb=8)
+    with pytest.raises(DagsterBentoCellError) as info:
+        execute_notebook(nb, run_dir=run_dir, config=config, notebook_label="tmp.ipynb")
+    e = info.value
+    assert int(_stdout(e.executed_nb.cells[0])) == 8 * 1024 * 1024  # type: ignore[attr-defined]
+    assert e.cell == 1 and "No space left on device" in (e.evalue or "")
+    assert "8 MB" in str(e) and "tmp_size_mb" in str(e)

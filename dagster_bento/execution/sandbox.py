@@ -12,12 +12,21 @@ Backends:
   dropped, a clean environment and a filesystem that contains only the OS libraries, the Python
   installation, the virtualenv (read-only) and the run directory (read-write). See
   the research notes (performance-baselines.md, section E) for why each flag is there.
+  /tmp is a size-limited private tmpfs and the kernel cannot write a file bigger than
+  ``max_file_mb`` (RLIMIT_FSIZE).
 * ``docker`` (production): the kernel runs in a container with ``network_mode="none"``, a read-only
   root filesystem and the run directory bind-mounted at the same path.
 * ``none``: no sandbox, for local development only; it warns on every run.
 
 The sandbox is never skipped silently: if it cannot be set up, the run fails with
 `DagsterBentoSandboxUnavailableError`.
+
+Everything under the run directory is controlled by the notebook, so once the kernel has started
+the orchestrator never opens, reads or follows a path there: the kernel's stderr goes to an
+unnamed temporary file outside the run directory (read back through the orchestrator's own file
+descriptor), and the state directory is a separate bind mount inside the sandbox, so the kernel
+cannot replace it with a symbolic link that jupyter_client's cleanup (``os.remove`` of the
+connection file and ipc socket paths) would follow.
 """
 
 import asyncio
@@ -33,13 +42,14 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
@@ -67,7 +77,7 @@ ENV_EXECUTABLE = "env"
 _FALLBACK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 KERNEL_NAME = "dagster-bento-sandbox"
-# Hidden per-run directory inside run_dir: kernelspec, connection file, ipc sockets, kernel log.
+# Hidden per-run directory inside run_dir: kernelspec, connection file, ipc sockets, identity files.
 # It must be inside run_dir because that is the only host directory the kernel can see.
 STATE_DIR_NAME = ".bento-kernel"
 # sockaddr_un.sun_path is 108 bytes; zmq appends "-<n>" to the ipc prefix.
@@ -81,8 +91,11 @@ _MEMORY_RLIMIT_FLAG = "--data"
 # Host OS directories the kernel needs read-only. Usr-merged systems have /bin -> usr/bin etc.;
 # those are recreated as symlinks rather than bound.
 _SYSTEM_DIRS: tuple[str, ...] = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
-# Only the /etc entries the Python kernel and common libraries read. Not resolv.conf (there is no
-# network), not shadow/ssh/postgresql/... (secrets); passwd and group are generated per run.
+# Only the /etc entries the Python kernel and common libraries read, each a public configuration
+# file (or a directory of them) - the kernel may run as uid 0, so anything root-owned in a bound
+# directory would be readable. Not resolv.conf (there is no network), no TLS material at all (no
+# network; /etc/ssl also holds private keys), never shadow/ssh/postgresql*/docker/... (secrets).
+# passwd, group and hosts are generated per run (no host accounts or host names).
 _ETC_ENTRIES: tuple[str, ...] = (
     "ld.so.cache",
     "ld.so.conf",
@@ -90,12 +103,9 @@ _ETC_ENTRIES: tuple[str, ...] = (
     "nsswitch.conf",
     "localtime",
     "timezone",
-    "hosts",
     "host.conf",
     "gai.conf",
     "mime.types",
-    "ssl",
-    "ca-certificates",
     "fonts",
     "alternatives",
     "locale.alias",
@@ -103,6 +113,13 @@ _ETC_ENTRIES: tuple[str, ...] = (
     "services",
     "os-release",
 )
+
+# Generated per run in the state dir and bound read-only over /etc/<name>.
+_GENERATED_ETC_FILES: tuple[str, ...] = ("passwd", "group", "hosts")
+_SANDBOX_HOSTNAME = "bento-sandbox"
+
+# How much of the end of the kernel's stderr is read back for an error message.
+_LOG_TAIL_BYTES = 64 * 1024
 
 NONE_BACKEND_WARNING = (
     "sandbox: none — the notebook has network and filesystem access; for local development only"
@@ -130,11 +147,15 @@ class SandboxConfig:
     startup_timeout_s: float = 60.0
     docker_image: str | None = None  # for backend="docker"
     extra_ro_binds: tuple[str, ...] = ()
+    tmp_size_mb: int | None = 1024  # size of the kernel's private /tmp (bwrap, docker)
+    max_file_mb: int | None = 51200  # largest file the kernel may write (RLIMIT_FSIZE)
 
     def __post_init__(self) -> None:
         if self.backend not in _BACKENDS:
             raise ValueError(f"SandboxConfig.backend must be one of {_BACKENDS}, got {self.backend!r}")
-        for name in ("timeout_s", "cell_timeout_s", "startup_timeout_s", "memory_limit_mb"):
+        for name in (
+            "timeout_s", "cell_timeout_s", "startup_timeout_s", "memory_limit_mb", "tmp_size_mb", "max_file_mb"
+        ):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"SandboxConfig.{name} must be positive, got {value!r}")
@@ -154,7 +175,7 @@ def check_sandbox_available(config: SandboxConfig) -> None:
     Called before every run, so a broken sandbox fails the run up front instead of after a long wait
     for a kernel that never starts.
     """
-    _require_memory_tool(config)
+    _require_limit_tool(config)
     if config.backend == "bwrap":
         _check_bwrap(config)
     elif config.backend == "docker":
@@ -175,12 +196,17 @@ def _require(name: str, what: str, fix: str) -> str:
     return os.path.realpath(path)
 
 
-def _require_memory_tool(config: SandboxConfig) -> None:
-    if config.memory_limit_mb is not None and config.backend != "docker":
+def _require_limit_tool(config: SandboxConfig) -> None:
+    if config.backend == "docker":
+        return
+    needed = [n for n in ("memory_limit_mb", "max_file_mb") if getattr(config, n) is not None]
+    if needed:
         _require(
             PRLIMIT_EXECUTABLE,
-            "prlimit, needed to enforce SandboxConfig.memory_limit_mb,",
-            "Install util-linux (`apt-get install util-linux`), or set memory_limit_mb=None.",
+            f"prlimit, needed to enforce SandboxConfig.{' and '.join(needed)},",
+            "Install util-linux (`apt-get install util-linux`), or set "
+            + " and ".join(f"{n}=None" for n in needed)
+            + ".",
         )
 
 
@@ -199,7 +225,7 @@ def _check_bwrap(config: SandboxConfig) -> None:
         "unsandboxed unless backend='none' is set explicitly.",
     )
     env = _require(ENV_EXECUTABLE, "env", "Install coreutils.")
-    cache_key = (bwrap, sys.executable, config.extra_ro_binds)
+    cache_key = (bwrap, sys.executable, config.extra_ro_binds, config.tmp_size_mb is not None)
     if cache_key in _BWRAP_PROBED_OK:
         return
     with tempfile.TemporaryDirectory(prefix="bento-probe-") as tmp:
@@ -217,7 +243,13 @@ def _check_bwrap(config: SandboxConfig) -> None:
             ) from e
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip() or f"exit status {proc.returncode}"
-        hints = "".join(f"{h} " for h in _namespace_hints(detail))
+        hint_list = _namespace_hints(detail)
+        if "--size" in detail:
+            hint_list.append(
+                "This bubblewrap is too old to limit the size of /tmp (--size needs 0.8.0 or later): "
+                "upgrade it, or set SandboxConfig.tmp_size_mb=None."
+            )
+        hints = "".join(f"{h} " for h in hint_list)
         raise DagsterBentoSandboxUnavailableError(
             f"bubblewrap at {bwrap} cannot create the kernel sandbox: {detail}. {hints}"
             "Fix this, or use SandboxConfig(backend='docker'); dagster-bento does not fall back "
@@ -343,14 +375,14 @@ def _etc_mounts(state_dir: Path) -> list[str]:
         path = f"/etc/{entry}"
         if os.path.lexists(path) and os.path.exists(path):
             args += ["--ro-bind", path, path]
-    for name in ("passwd", "group"):
+    for name in _GENERATED_ETC_FILES:
         args += ["--ro-bind", str(state_dir / name), f"/etc/{name}"]
     return args
 
 
 def _write_identity_files(state_dir: Path) -> None:
-    """Minimal /etc/passwd and /etc/group so libraries that look up the current user still work,
-    without exposing the host's account list."""
+    """Minimal /etc/passwd, /etc/group and /etc/hosts so libraries that look up the current user
+    or ``localhost`` still work, without exposing the host's accounts or host names."""
     uid, gid = os.getuid(), os.getgid()
     try:
         user = pwd.getpwuid(uid).pw_name
@@ -362,6 +394,9 @@ def _write_identity_files(state_dir: Path) -> None:
         group = "bento"
     (state_dir / "passwd").write_text(f"{user}:x:{uid}:{gid}:{user}:/tmp:/bin/sh\n")
     (state_dir / "group").write_text(f"{group}:x:{gid}:\n")
+    (state_dir / "hosts").write_text(
+        f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{_SANDBOX_HOSTNAME}\n"
+    )
 
 
 def _kernel_env(config: SandboxConfig, run_dir: Path) -> dict[str, str]:
@@ -396,7 +431,7 @@ def bwrap_args(config: SandboxConfig, run_dir: Path, state_dir: Path) -> list[st
         "ALL",  # no setns() back into the host netns, no mounts
         "--clearenv",
         "--hostname",
-        "bento-sandbox",
+        _SANDBOX_HOSTNAME,
         *_system_mounts(),
         *_etc_mounts(state_dir),
     ]
@@ -405,20 +440,34 @@ def bwrap_args(config: SandboxConfig, run_dir: Path, state_dir: Path) -> list[st
         if root not in bound:
             bound.append(root)
             args += ["--ro-bind", root, root]
-    run = str(run_dir)
-    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--bind", run, run]
+    run, state = str(run_dir), str(state_dir)
+    args += ["--dev", "/dev", "--proc", "/proc"]
+    if config.tmp_size_mb is not None:
+        args += ["--size", str(config.tmp_size_mb * 1024 * 1024)]  # applies to the next --tmpfs
+    args += ["--tmpfs", "/tmp", "--bind", run, run]
+    # The state dir again, on itself: inside the sandbox it is now a mount point, which cannot be
+    # renamed or removed (EBUSY), so the kernel cannot swap it for a symlink that the
+    # orchestrator's cleanup (jupyter_client removes connection.json and the ipc paths) would follow.
+    args += ["--bind", state, state]
     args += ["--remount-ro", "/", "--chdir", run]
     for key, value in _kernel_env(config, run_dir).items():
         args += ["--setenv", key, value]
     return args
 
 
-def _memory_limit_prefix(config: SandboxConfig) -> list[str]:
-    if config.memory_limit_mb is None:
+def _limit_prefix(config: SandboxConfig) -> list[str]:
+    """``prlimit`` with the memory and file-size rlimits, or nothing if neither is set."""
+    limits = []
+    if config.memory_limit_mb is not None:
+        limits.append(f"{_MEMORY_RLIMIT_FLAG}={config.memory_limit_mb * 1024 * 1024}")
+    if config.max_file_mb is not None:
+        # RLIMIT_FSIZE: a write past the limit fails with EFBIG ("File too large"); Python ignores
+        # SIGXFSZ, so the notebook gets an OSError instead of being killed.
+        limits.append(f"--fsize={config.max_file_mb * 1024 * 1024}")
+    if not limits:
         return []
-    limit = config.memory_limit_mb * 1024 * 1024
     prlimit = os.path.realpath(_which(PRLIMIT_EXECUTABLE) or PRLIMIT_EXECUTABLE)
-    return [prlimit, f"{_MEMORY_RLIMIT_FLAG}={limit}", "--"]
+    return [prlimit, *limits, "--"]
 
 
 def kernel_argv(config: SandboxConfig, run_dir: Path, state_dir: Path) -> list[str]:
@@ -431,7 +480,7 @@ def kernel_argv(config: SandboxConfig, run_dir: Path, state_dir: Path) -> list[s
     env = os.path.realpath(_which(ENV_EXECUTABLE) or "/usr/bin/env")
     # faulthandler: a crash in native code leaves a Python stack in the kernel log (error message).
     python = [sys.executable, "-X", "faulthandler", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    limit = _memory_limit_prefix(config)
+    limit = _limit_prefix(config)
     if config.backend == "bwrap":
         bwrap = os.path.realpath(_which(BWRAP_EXECUTABLE) or BWRAP_EXECUTABLE)
         return [env, "-i", bwrap, *bwrap_args(config, run_dir, state_dir), "--", *limit, *python]
@@ -468,7 +517,7 @@ def docker_container_kwargs(config: SandboxConfig, run_dir: Path, connection_fil
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "read_only": True,
-        "tmpfs": {"/tmp": "rw,nosuid,nodev,size=1g"},
+        "tmpfs": {"/tmp": "rw,nosuid,nodev" + (f",size={config.tmp_size_mb}m" if config.tmp_size_mb else "")},
         "volumes": {run: {"bind": run, "mode": "rw"}},
         "working_dir": run,
         "user": f"{os.getuid()}:{os.getgid()}",
@@ -477,8 +526,15 @@ def docker_container_kwargs(config: SandboxConfig, run_dir: Path, connection_fil
         "pids_limit": 1024,
         "labels": {"dagster-bento.role": "kernel"},
     }
+    state = str(connection_file.parent)
+    if state != run and _is_under(state, [run]):
+        # Pin the state dir (a mount point cannot be renamed or removed), as bwrap_args does.
+        kwargs["volumes"][state] = {"bind": state, "mode": "rw"}
     for path in config.extra_ro_binds:
         kwargs["volumes"][path] = {"bind": path, "mode": "ro"}
+    if config.max_file_mb is not None:
+        fsize = config.max_file_mb * 1024 * 1024
+        kwargs["ulimits"] = [{"Name": "fsize", "Soft": fsize, "Hard": fsize}]
     if config.memory_limit_mb is not None:
         kwargs["mem_limit"] = f"{config.memory_limit_mb}m"
         kwargs["memswap_limit"] = f"{config.memory_limit_mb}m"  # no swap on top
@@ -574,10 +630,36 @@ class _Progress:
     kernel_ready: bool = False
 
 
+def _remove_state_dir(state: Path) -> None:
+    """Remove the state dir without following anything a notebook may have put there.
+
+    shutil.rmtree never follows symlinks inside the tree (it is fd-based on Linux,
+    ``shutil.rmtree.avoids_symlink_attacks``) and refuses a symlink at the top, which a previous
+    run's notebook could have left; that is unlinked itself."""
+    try:
+        st = os.lstat(state)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(state, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(state)
+
+
 def _prepare_state_dir(config: SandboxConfig, run_dir: Path, label: str) -> Path:
     state = run_dir / STATE_DIR_NAME
-    shutil.rmtree(state, ignore_errors=True)
-    (state / "kernels" / KERNEL_NAME).mkdir(parents=True)
+    _remove_state_dir(state)
+    # Not parents=True and not exist_ok: if anything is left in the way, fail rather than write
+    # through it.
+    try:
+        state.mkdir(mode=0o700)
+    except OSError as e:
+        raise DagsterBentoRunError(
+            f"{label}: could not create the kernel state directory {state}: {e}", notebook=label
+        ) from e
+    (state / "kernels").mkdir()
+    (state / "kernels" / KERNEL_NAME).mkdir()
     (state / "home").mkdir()
     ipc_prefix = state / "ipc"
     if len(str(ipc_prefix)) > _MAX_IPC_PATH:
@@ -700,7 +782,7 @@ def execute_notebook(
         try:
             _run_sync(_execute(executed, run_dir, state, config, notebook_label, cell_number or (lambda i: i)))
         finally:
-            shutil.rmtree(state, ignore_errors=True)
+            _remove_state_dir(state)
     except DagsterBentoRunError as e:
         # Every run error carries the notebook as far as it got (unexecuted if the kernel never ran).
         e.executed_nb = executed  # type: ignore[attr-defined]
@@ -758,8 +840,9 @@ async def _execute(
         on_notebook_start=on_notebook_start,
         log=_INTERNAL_LOG,
     )
-    kernel_log_path = state / "kernel.log"
-    with open(kernel_log_path, "ab") as kernel_log:
+    # The kernel's stderr: an unnamed file in the orchestrator's temp dir, never a path the sandbox
+    # can see or replace (a symlink there would make the orchestrator read any file, a FIFO hang it).
+    with tempfile.TemporaryFile(prefix="bento-kernel-log-") as kernel_log:
         # env={}: belt and braces with the argv's `env -i`. stdout only carries ipykernel's banner.
         run = client.async_execute(env={}, stdout=subprocess.DEVNULL, stderr=kernel_log)
         task = asyncio.ensure_future(run)
@@ -776,11 +859,11 @@ async def _execute(
                 raise _cell_timeout(config, label, progress) from e
             except DeadKernelError as e:
                 exit_status = await _exit_status(km)
-                raise _kernel_died(km, config, label, progress, exit_status, kernel_log_path) from e
+                raise _kernel_died(km, config, label, progress, exit_status, kernel_log) from e
             except RuntimeError as e:
                 if progress.kernel_ready:
                     raise
-                raise await _startup_error(e, km, config, label, kernel_log_path) from e
+                raise await _startup_error(e, km, config, label, kernel_log) from e
             except OSError as e:
                 if progress.kernel_ready:
                     raise
@@ -833,13 +916,20 @@ def _describe_exit(status: int | None) -> str:
     return f"exit status {status}"
 
 
-def _log_tail(path: Path, lines: int = 15) -> str:
+def _log_tail(log: IO[bytes], lines: int = 15) -> str:
     """The useful part of the kernel's stderr: from a fatal error (faulthandler prints every
-    thread's stack after it, which would push the cause out of a plain tail), else the last lines."""
+    thread's stack after it, which would push the cause out of a plain tail), else the last lines.
+
+    Reads the orchestrator's own descriptor with pread (no reopening by name, and the offset the
+    kernel writes at is left alone), and only the last _LOG_TAIL_BYTES."""
     try:
-        text = path.read_text(errors="replace")
-    except OSError:
+        fd = log.fileno()
+        size = os.fstat(fd).st_size
+        start = max(0, size - _LOG_TAIL_BYTES)
+        data = os.pread(fd, size - start, start)
+    except (OSError, ValueError):
         return ""
+    text = data.decode(errors="replace")
     all_lines = text.strip().splitlines()
     for i, line in enumerate(all_lines):
         if line.startswith("Fatal Python error"):
@@ -868,6 +958,16 @@ def _cell_error(
     message = f"{label}: cell {progress.shown} raised {e.ename}" + (f": {e.evalue}" if e.evalue else "")
     if "MemoryError" in e.ename:
         message += "." + _memory_hint(config)
+    elif "File too large" in (e.evalue or "") and config.max_file_mb is not None:
+        message += (
+            f". The kernel cannot write a file larger than {config.max_file_mb} MB "
+            "(SandboxConfig.max_file_mb): write smaller files or raise the limit."
+        )
+    elif "No space left on device" in (e.evalue or "") and config.tmp_size_mb is not None:
+        message += (
+            f". Note that /tmp in the sandbox holds at most {config.tmp_size_mb} MB "
+            "(SandboxConfig.tmp_size_mb): write large files to the working directory or raise the limit."
+        )
     message += "\nFix the cell and re-run; the executed notebook shows the full traceback."
     return DagsterBentoCellError(
         message, ename=e.ename, evalue=e.evalue, traceback=traceback, notebook=label, cell=progress.shown
@@ -909,7 +1009,7 @@ def _kernel_died(
     label: str,
     progress: _Progress,
     status: int | None,
-    kernel_log: Path,
+    kernel_log: IO[bytes],
 ) -> DagsterBentoKernelDiedError:
     prov = km.provisioner
     oom = isinstance(prov, _DockerProvisioner) and prov.oom_killed()
@@ -930,7 +1030,7 @@ def _kernel_died(
 
 
 async def _startup_error(
-    e: RuntimeError, km: AsyncKernelManager, config: SandboxConfig, label: str, kernel_log: Path
+    e: RuntimeError, km: AsyncKernelManager, config: SandboxConfig, label: str, kernel_log: IO[bytes]
 ) -> DagsterBentoRunError:
     prov = km.provisioner
     tail = prov.log_tail() if isinstance(prov, _DockerProvisioner) else _log_tail(kernel_log)
