@@ -5,6 +5,7 @@ Parsing lives in `project.py`, execution in `execution/`, automation in `automat
 
 import dataclasses
 import functools
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import dagster as dg
 
-from dagster_bento.project import BentoProject, dialect_for_url, load_project
+from dagster_bento.project import BentoProject, dialect_for_url, load_config, load_project
 from dagster_bento.spec import BentoJob
 from dagster_bento.translator import META, BentoTableProps, DagsterBentoTranslator
 
@@ -23,20 +24,46 @@ def warehouse_kind(url: str | None) -> str:
     return {"postgres": "postgres"}.get(dialect_for_url(url) or "", "duckdb")
 
 
-def table_props(project: BentoProject, warehouse: str) -> dict[str, BentoTableProps]:
+def table_props(project: BentoProject, warehouse: str,
+                schema: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, BentoTableProps]:
     """Props of every table in the project's graph: written tables (with their job) and upstream ones."""
     props: dict[str, BentoTableProps] = {}
     policy = project.policy
+    schema = schema or {}
+
+    def columns(table: str) -> tuple[tuple[str, str], ...]:
+        return tuple(schema.get(table, {}).items())
+
     for table in project.upstream_tables:
         label, origin = _declared_label(policy, table)
-        props[table] = BentoTableProps(table, warehouse, label, origin)
+        props[table] = BentoTableProps(table, warehouse, label, origin, columns=columns(table))
     for job in project.jobs:
         for cell in job.write_cells:
             label = project.computed_labels.get(cell.table)
             origin = "computed" if label is not None else "not enforced"
             props[cell.table] = BentoTableProps(table=cell.table, warehouse_kind=warehouse, label=label,
-                                                label_origin=origin, job=job, write_cell=cell)
+                                                label_origin=origin, job=job, write_cell=cell,
+                                                columns=columns(cell.table))
     return props
+
+
+def introspect_schema(url: str) -> dict[str, dict[str, str]] | None:
+    """Column names and types of every warehouse table, or None (logged) when the warehouse cannot be
+    read: definitions still load, only without columns."""
+    from dagster_bento.warehouse import warehouse_from_url
+
+    if url.startswith("duckdb:///") and ":memory:" not in url and not Path(url.removeprefix("duckdb:///")).exists():
+        return None  # not created yet (before the first seed or load)
+    try:
+        warehouse = warehouse_from_url(url)
+        try:
+            return warehouse.table_schemas()
+        finally:
+            warehouse.close()
+    except Exception as err:  # noqa: BLE001 -- any driver error: load without columns
+        logging.getLogger("dagster_bento").warning(f"could not read the warehouse schema ({err}); assets load "
+                                                   "without column schemas")
+        return None
 
 
 def _declared_label(policy: Any, table: str) -> tuple[frozenset[str] | None, str]:
@@ -53,12 +80,9 @@ def bento_job_specs(job: BentoJob, props: Mapping[str, BentoTableProps], transla
     upstream = tuple(key_of(t) for t in job.tables_read)
     partitions = automation.partitions_def(job) if automation else None
     condition = automation.condition(job, upstream) if automation else None
-    specs = []
-    for cell in job.write_cells:
-        p = props[cell.table]
-        specs.append(translator.get_asset_spec(BentoTableProps(
-            p.table, p.warehouse_kind, p.label, p.label_origin, job, cell, upstream, condition, partitions)))
-    return specs
+    return [translator.get_asset_spec(dataclasses.replace(
+        props[cell.table], upstream_keys=upstream, automation_condition=condition, partitions_def=partitions))
+        for cell in job.write_cells]
 
 
 def bento_assets(*, job: BentoJob, specs: Sequence[dg.AssetSpec]) -> dg.AssetsDefinition:
@@ -79,11 +103,12 @@ def bento_assets(*, job: BentoJob, specs: Sequence[dg.AssetSpec]) -> dg.AssetsDe
 
 
 def build_bento_assets(project: BentoProject, *, translator: DagsterBentoTranslator | None = None,
-                       warehouse_url: str | None = None, automation: Any = None
+                       warehouse_url: str | None = None, automation: Any = None,
+                       schema: Mapping[str, Mapping[str, str]] | None = None
                        ) -> tuple[list[dg.AssetSpec], list[dg.AssetsDefinition]]:
     translator = translator or DagsterBentoTranslator()
     kind = warehouse_kind(warehouse_url)
-    props = table_props(project, kind)
+    props = table_props(project, kind, schema)
 
     @functools.cache
     def key_of(table: str) -> dg.AssetKey:
@@ -118,16 +143,19 @@ def build_bento_definitions(*, project_dir: str | Path, warehouse_url: str | Non
     from dagster_bento.resources import BentoResource
 
     project_dir = Path(project_dir).resolve()
-    project = load_project(project_dir, warehouse_url=warehouse_url)
+    config, _ = load_config(project_dir)
+    url = resolve_warehouse_url(project_dir, config.warehouse_url, warehouse_url)
+    schema = introspect_schema(url) if config.introspect_schema else None
+    project = load_project(project_dir, warehouse_url=warehouse_url, schema=schema)
     if raise_on_problems:
         project.raise_on_errors()
     else:
         broken = {p.notebook for p in project.errors}
         project = dataclasses.replace(project, jobs=tuple(
             j for j in project.jobs if j.notebook_path not in broken and j.spec.path not in broken))
-    url = resolve_warehouse_url(project_dir, project.config.warehouse_url, warehouse_url)
     auto = automation_mod.BentoAutomation(project) if automation else None
-    externals, multi = build_bento_assets(project, translator=translator, warehouse_url=url, automation=auto)
+    externals, multi = build_bento_assets(project, translator=translator, warehouse_url=url, automation=auto,
+                                          schema=schema)
     resource = resource or BentoResource.for_project(project, warehouse_url=url)
     extra: dict[str, list[Any]] = (auto.definitions(multi, externals, url) if auto
                                    else {"schedules": [], "sensors": []})

@@ -41,7 +41,8 @@ CACHE_VERSION = "3"
 # `ds` at definition time: a fixed date so rendering (and the code version) is stable.
 STATIC_DS = "2000-01-01"
 _CONFIG_KEYS = {"warehouse_url", "default_schema", "dialect", "artifacts_dir", "sandbox", "data_format",
-                "timeout_seconds", "memory_limit_mb", "lineage", "strict_zones", "notebooks_dir", "notifications"}
+                "timeout_seconds", "memory_limit_mb", "lineage", "strict_zones", "notebooks_dir", "notifications",
+                "introspect_schema"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,7 @@ class ProjectConfig:
     strict_zones: bool = False
     notebooks_dir: str = NOTEBOOKS_DIR
     notifications: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    introspect_schema: bool = False  # read column names/types from the warehouse at load (for lineage)
 
 
 @dataclasses.dataclass(frozen=True)

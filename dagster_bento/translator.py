@@ -32,6 +32,7 @@ class BentoTableProps:
     # translator (memoised), so a custom key changes every edge into the asset too
     upstream_keys: tuple[dg.AssetKey, ...] = ()
     automation_condition: dg.AutomationCondition | None = dataclasses.field(default=None, compare=False)
+    columns: tuple[tuple[str, str], ...] = ()  # (name, type) when the warehouse was introspected
     partitions_def: dg.PartitionsDefinition | None = dataclasses.field(default=None, compare=False)
 
 
@@ -49,6 +50,9 @@ class DagsterBentoTranslator:
             "dagster/table_name": props.table,
             f"{META}/purpose_zones": dg.MetadataValue.json({"label": label_meta, "origin": props.label_origin}),
         }
+        if props.columns:
+            metadata["dagster/column_schema"] = dg.TableSchema(
+                columns=[dg.TableColumn(name, type_) for name, type_ in props.columns])
         if props.job is None:
             return dg.AssetSpec(key, group_name=SOURCES_GROUP, kinds={props.warehouse_kind, "table"},
                                 metadata=metadata, tags=zone_tags,

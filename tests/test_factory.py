@@ -155,3 +155,21 @@ def test_typed_magic_only_and_metadata_only_cells_are_equivalent(tmp_path):
     assert jobs["magic"].sql_cells[0].sql == jobs["meta"].sql_cells[0].sql == "SELECT * FROM raw.a"
     assert jobs["magic"].write_cells[0].mode == jobs["meta"].write_cells[0].mode == "append"
 
+
+
+def test_introspected_columns_on_assets_and_lineage_through_star(tmp_path):
+    import duckdb
+
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    con.execute("CREATE SCHEMA raw; CREATE TABLE raw.a (id BIGINT, name VARCHAR); "
+                "CREATE SCHEMA mart; CREATE TABLE mart.x (id BIGINT, name VARCHAR)")
+    con.close()
+    (tmp_path / "bento.yaml").write_text(f"warehouse_url: duckdb:///{tmp_path / 'wh.duckdb'}\nintrospect_schema: true\n")
+    write_policy(tmp_path, {"raw.a": ["ANALYTICS"]})
+    add_notebook(tmp_path, "nb", [sql_cell("df", "SELECT * FROM raw.a"), write_cell("df", "mart.x")])
+    graph = build_bento_definitions(project_dir=tmp_path).resolve_asset_graph()
+    source = graph.get(K(["raw", "a"])).metadata["dagster/column_schema"]
+    assert [(c.name, c.type) for c in source.columns] == [("id", "BIGINT"), ("name", "VARCHAR")]
+    out = graph.get(K(["mart", "x"])).metadata
+    assert [c.name for c in out["dagster/column_schema"].columns] == ["id", "name"]
+    assert out["dagster_bento/sql_column_lineage"].data == {"df": {"id": ["raw.a.id"], "name": ["raw.a.name"]}}
