@@ -173,3 +173,14 @@ def test_introspected_columns_on_assets_and_lineage_through_star(tmp_path):
     out = graph.get(K(["mart", "x"])).metadata
     assert [c.name for c in out["dagster/column_schema"].columns] == ["id", "name"]
     assert out["dagster_bento/sql_column_lineage"].data == {"df": {"id": ["raw.a.id"], "name": ["raw.a.name"]}}
+
+
+def test_warehouse_url_precedence(tmp_path, monkeypatch):
+    from dagster_bento.assets import resolve_warehouse_url
+
+    monkeypatch.delenv("BENTO_WAREHOUSE_URL", raising=False)
+    assert resolve_warehouse_url(tmp_path, None, None) == f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    assert resolve_warehouse_url(tmp_path, "duckdb:///wh/x.duckdb", None) == f"duckdb:///{tmp_path / 'wh/x.duckdb'}"
+    monkeypatch.setenv("BENTO_WAREHOUSE_URL", "postgresql://env@h/db")
+    assert resolve_warehouse_url(tmp_path, "duckdb:///x.duckdb", None) == "postgresql://env@h/db"
+    assert resolve_warehouse_url(tmp_path, "duckdb:///x.duckdb", "postgresql://arg@h/db") == "postgresql://arg@h/db"
