@@ -6,20 +6,48 @@ A warehouse is configured by a SQLAlchemy-style URL and handed out by :func:`war
   warehouse is created; ``duckdb:///:memory:`` is a private in-memory database, for tests). An optional
   ``?lock_timeout=SECONDS`` sets how long to wait for another process's write (default 300 s).
 * ``postgresql://user:password@host:port/db`` (``postgresql+psycopg://`` and ``postgresql+adbc://`` are
-  accepted too; the driver part is ignored, everything goes through ADBC).
+  accepted too; the driver part is ignored, everything goes through ADBC). An optional
+  ``?bento_fetch_role=ROLE`` makes every fetch run ``SET LOCAL ROLE ROLE`` first (see Security).
 
 Data moves as files, never through ``pandas.read_sql``/``to_sql``:
 
-* ``fetch`` runs one query and writes its result to a Parquet file (DuckDB ``COPY``-style
-  ``relation.to_parquet``; PostgreSQL ADBC record batches streamed into ``pyarrow.parquet``). The query runs
-  read-only: DuckDB opens the file ``read_only=True``, PostgreSQL runs it in a ``READ ONLY`` transaction.
+* ``fetch`` runs one query and streams its result, in record batches of bounded size, through Arrow into a
+  Parquet file (``pyarrow.parquet.ParquetWriter``) or a CSV file. The query runs read-only: DuckDB opens the
+  file ``read_only=True``, PostgreSQL runs it in a ``READ ONLY`` transaction. DuckDB columns that Parquet
+  cannot hold (INTERVAL, UNION, BIGNUM) are written as their text form; time zone aware timestamps are written
+  as UTC.
 * ``upload`` loads the Parquet files written by write cells. All requests of one call commit in ONE
-  transaction: every table is loaded or none is. Each file is validated before anything is written.
+  transaction: every table is loaded or none is. Each file is validated before anything is written; a data
+  file or CSV sidecar that is not a regular file (a symlink, a FIFO, ...) is refused.
+  ``overwrite`` of an existing table whose columns stay the same (names and types) empties it and loads
+  the new rows in place (PostgreSQL ``TRUNCATE`` + insert, in the transaction), so grants, indexes, comments
+  and the views that depend on it are kept. When the columns change, the table is replaced; on PostgreSQL
+  that is refused, with nothing written, while views depend on the table.
 
 Parquet is lossless (nullable 64-bit integers, time zones, ``''`` vs NULL all survive when the notebook reads
 with ``pd.read_parquet(path, dtype_backend="pyarrow")``). CSV is opt-in (``fmt="csv"``) and is written and read
 with ``pyarrow.csv`` plus a ``<file>.schema.json`` sidecar holding each column's Arrow type, so types round-trip;
 see :func:`read_csv_with_schema` for its one limitation (empty string vs NULL).
+
+Security: SQL cells are written by notebook authors and run by the orchestrator with its warehouse
+credentials, so a fetch must only be able to read what the purpose-zone checks saw.
+
+* DuckDB: every read connection (fetches included) is opened with ``enable_external_access=false`` and
+  ``lock_configuration=true``: no file can be read or written from SQL (``read_text``, ``read_csv``, ``glob``,
+  ``COPY``, ``ATTACH``, ``INSTALL``/``LOAD`` from disk ...) and the settings cannot be changed back. Table
+  functions that read a table named by a string, or run SQL given as text (``query``, ``query_table``,
+  ``json_execute_serialized_sql``, ...), are refused before the query runs, because the static table analysis
+  cannot see which tables they read. The in-memory warehouse uses the same settings.
+* PostgreSQL: what a query can reach is decided by the privileges of the role it runs as. The role of the
+  warehouse URL must NOT be a superuser and must not be a member of ``pg_read_server_files``,
+  ``pg_write_server_files``, ``pg_execute_server_program`` or ``pg_read_all_data``, and should not be able to
+  use ``dblink``/``postgres_fdw``; otherwise a SQL cell can read server files (``pg_read_file``) or run
+  programs. With ``?bento_fetch_role=ROLE`` (a NOLOGIN role the URL's role is a member of, holding only
+  ``USAGE``/``SELECT`` on what SQL cells may read) fetches run as that role inside their read-only transaction;
+  uploads keep the URL's role. ``SET ROLE`` can be undone by the session, so a fetch must be one query
+  (``SELECT``/``WITH``/``VALUES``/``TABLE``) and may not call ``set_config`` or the functions that run SQL given
+  as text (``query_to_xml`` and the other ``*_to_xml`` functions, ``ts_stat``, ``dblink``). This is defence in
+  depth, not a sandbox: a dedicated login role with only the read privileges is the stronger setup.
 
 Concurrency: DuckDB lets only one process open a file read-write, so every write transaction holds an
 exclusive ``fcntl.flock`` on the sidecar ``<db>.bento.lock`` and reads hold a shared one (DuckDB also refuses
@@ -29,7 +57,6 @@ a read-only open while another process has the file open for writing). PostgreSQ
 Purpose-zone labels live in the warehouse itself, in ``bento_meta.table_labels``, and are upserted in the
 same transaction as the data; every load also records a row in ``bento_meta.landings``.
 """
-
 import abc
 import contextlib
 import dataclasses
@@ -38,6 +65,7 @@ import fcntl
 import json
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -51,6 +79,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -71,6 +100,7 @@ DUCKDB_LOCK_SUFFIX = ".bento.lock"
 
 _PANDAS_INDEX_COLUMN = re.compile(r"__index_level_\d+__")
 _UPLOAD_BATCH_ROWS = 128 * 1024
+_FETCH_BATCH_ROWS = 128 * 1024  # rows per Arrow record batch streamed from the warehouse into the output file
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,6 +293,102 @@ def single_statement(sql: str, dialect: str) -> str:
             "(split it into several SQL cells, or use a CTE)"
         )
     return text[: end + 1]
+
+
+class _ForbiddenSqlError(_SqlShapeError):
+    """The SQL uses something a SQL cell may not use (see Security in the module docstring)."""
+
+
+# DuckDB table functions that read a table named by a string or run SQL given as text: the static table
+# analysis behind the purpose-zone checks cannot see which tables they read. (File readers need no entry:
+# the fetch connection has no external access.)
+_DUCKDB_FORBIDDEN_FUNCTIONS = frozenset(
+    {
+        "query", "query_table", "json_execute_serialized_sql", "duckdb_table_sample", "pragma_storage_info",
+        "storage_info", "histogram", "histogram_values",
+    }
+)  # fmt: skip
+# PostgreSQL: functions that run SQL given as text (or read tables named by a string), and set_config, which
+# could undo SET ROLE; U&"..." identifiers could spell any of them in escapes.
+_PG_FORBIDDEN = re.compile(
+    r"\b(set_config|ts_stat|dblink\w*|(?:query|table|cursor|schema|database)_to_xml\w*)\b|\bu&\"", re.IGNORECASE
+)
+_PG_QUERY_STARTS = frozenset({TokenType.SELECT, TokenType.WITH, TokenType.VALUES, TokenType.TABLE, TokenType.L_PAREN})
+
+
+def _forbidden_functions_error(names: Iterable[str]) -> _ForbiddenSqlError:
+    listed = ", ".join(f"{n}()" for n in sorted(names))
+    return _ForbiddenSqlError(
+        f"the query calls {listed}, which reads tables named by a string or runs SQL given as text; that is not "
+        "allowed in a SQL cell because the purpose-zone checks cannot see which tables it reads. "
+        "Name the tables in the query itself (SELECT ... FROM schema.table)"
+    )
+
+
+def _duckdb_check_query(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    """Refuse calls of :data:`_DUCKDB_FORBIDDEN_FUNCTIONS`, found by DuckDB's own parser."""
+    tree = json.loads(con.execute("SELECT json_serialize_sql($1)", [query]).fetchall()[0][0])
+    if not tree.get("error"):
+        called = _json_table_functions(tree)
+    elif tree.get("error_type") == "parser":
+        return  # DuckDB reports the syntax error itself when the query runs
+    else:  # not a plain SELECT (PIVOT, PRAGMA, CALL, ...): every name that is called like a function
+        called = _duckdb_called_names(query)
+    forbidden = called & _DUCKDB_FORBIDDEN_FUNCTIONS
+    if forbidden:
+        raise _forbidden_functions_error(forbidden)
+
+
+def _json_table_functions(tree: Any) -> set[str]:
+    """Lower-case names of the table functions in a ``json_serialize_sql`` tree (subqueries and CTEs too)."""
+    names: set[str] = set()
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            function = node.get("function")
+            if node.get("type") == "TABLE_FUNCTION" and isinstance(function, dict):
+                names.add(str(function.get("function_name", "")).lower())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return names
+
+
+def _duckdb_called_names(query: str) -> set[str]:
+    """Lower-case names directly followed by ``(`` (comments skipped), by DuckDB's tokenizer."""
+    tokens = duckdb.tokenize(query)
+    texts = []
+    for i, (start, kind) in enumerate(tokens):
+        end = tokens[i + 1][0] if i + 1 < len(tokens) else len(query)
+        texts.append((query[start:end].strip(), kind))
+    significant = [(text, kind) for text, kind in texts if kind != duckdb.token_type.comment]
+    names = set()
+    for (text, kind), (following, _) in zip(significant, significant[1:]):
+        if kind in (duckdb.token_type.identifier, duckdb.token_type.keyword) and following.startswith("("):
+            names.add(text.strip('"').lower())
+    return names
+
+
+def _postgres_check_query(query: str) -> None:
+    """A PostgreSQL fetch must be one query and must not call :data:`_PG_FORBIDDEN` (checked on the raw text, so
+    a name in a comment or string is refused too)."""
+    match = _PG_FORBIDDEN.search(query)
+    if match:
+        if match.group(1) is None:
+            raise _ForbiddenSqlError('the query uses a U&"..." identifier, which is not allowed in a SQL cell')
+        if match.group(1).lower() == "set_config":
+            raise _ForbiddenSqlError("the query calls set_config(), which is not allowed in a SQL cell")
+        raise _forbidden_functions_error([match.group(1).lower()])
+    try:
+        tokens = Dialect.get_or_raise("postgres").tokenize(query)
+    except SqlglotError as err:
+        raise _ForbiddenSqlError(f"the query could not be checked before running it ({err})") from err
+    if not tokens or tokens[0].token_type not in _PG_QUERY_STARTS:
+        first = tokens[0].text.upper() if tokens else ""
+        raise _ForbiddenSqlError(
+            f"a SQL cell must be one query (SELECT, WITH, VALUES or TABLE); a {first} statement is not allowed"
+        )
 
 
 def _db_message(err: BaseException) -> str:
@@ -497,6 +623,28 @@ class _InjectedFailure(RuntimeError):
     """Raised by the private ``_fail_after`` test hook inside the upload transaction."""
 
 
+class _DependentViewsError(RuntimeError):
+    """An overwrite would replace a table (its columns change) that views depend on."""
+
+    def __init__(
+        self, table: str, existing: Sequence[ColumnInfo], new: Sequence[ColumnInfo], views: Sequence[str]
+    ) -> None:
+        old_types = {c.name: c.type for c in existing}
+        new_types = {c.name: c.type for c in new}
+        changes = [f"{n} removed" for n in old_types if n not in new_types]
+        changes += [f"{n} added ({t})" for n, t in new_types.items() if n not in old_types]
+        changes += [
+            f"{n} {old_types[n]} -> {t}" for n, t in new_types.items() if n in old_types and old_types[n] != t
+        ]
+        self.views = list(views)
+        super().__init__(
+            f"the output changes the columns of {table} ({'; '.join(changes)}), so overwrite would have to replace "
+            f"the table, but these views depend on it: {', '.join(views)}. Keep the output's column names and "
+            "types the same as the table's (then overwrite replaces only the rows, in place, and the views keep "
+            "working), or drop or change those views first"
+        )
+
+
 def _cell_ref(kind: str, notebook: str, cell: int | None) -> str:
     nb = notebook or "the notebook"
     return f"{kind} cell {cell} of {nb}" if cell is not None else f"a {kind} cell of {nb}"
@@ -535,7 +683,10 @@ def _prepare_one(
     except ValueError as err:
         raise _output_error(request, notebook, f"{where} declares an invalid table: {err}.") from err
     path = Path(request.path)
-    if not path.is_file():
+    kind = _file_kind(path)
+    if kind not in (None, "regular file"):
+        raise _not_regular_error(request, notebook, table, path, kind)
+    if kind is None:
         raise _output_error(
             request,
             notebook,
@@ -549,6 +700,33 @@ def _prepare_one(
     if request.mode == "overwrite_partition":
         _check_partition(request, notebook, table, path, schema)
     return _PreparedUpload(request, table, path, schema, rows, notebook)
+
+
+def _file_kind(path: Path) -> str | None:
+    """What is at ``path`` itself (a symlink is not followed): "regular file", "symlink", ...; None when nothing."""
+    try:
+        mode = os.stat(path, follow_symlinks=False).st_mode
+    except OSError:
+        return None
+    kinds = [
+        (stat.S_ISREG, "regular file"), (stat.S_ISLNK, "symlink"), (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISDIR, "directory"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ]  # fmt: skip
+    return next((name for check, name in kinds if check(mode)), "special file")
+
+
+def _not_regular_error(
+    request: UploadRequest, notebook: str, table: str, path: Path, kind: str
+) -> DagsterBentoOutputError:
+    return _output_error(
+        request,
+        notebook,
+        f"{_cell_ref('write', notebook, request.cell)} left a {kind} at {path} (for table {table}), not a regular "
+        "file; only files the cell wrote itself are loaded. Write the data to that path directly, e.g. "
+        "df.to_parquet(path, index=False), without links or pipes. Nothing was written.",
+        file_kind=kind,
+    )
 
 
 def _read_parquet_shape(request: UploadRequest, notebook: str, table: str, path: Path) -> tuple[pa.Schema, int]:
@@ -588,6 +766,10 @@ def _convert_csv(
     converted: Path,
 ) -> Path:
     """Read the CSV with known column types (sidecar first, else the existing table's) into a Parquet file."""
+    sidecar = csv_schema_path(Path(request.path))
+    kind = _file_kind(sidecar)
+    if kind not in (None, "regular file"):
+        raise _not_regular_error(request, notebook, table, sidecar, kind)
     try:
         types = read_csv_sidecar(Path(request.path))
     except (ValueError, OSError) as err:
@@ -729,6 +911,8 @@ def _upload_error(
     metadata = {"tables": tables, "warehouse": warehouse.url}
     if current is not None:
         metadata["table"] = current.table
+    if isinstance(err, _DependentViewsError):
+        metadata["views"] = ", ".join(err.views)
     return DagsterBentoUploadError(
         message, notebook=notebook or None, cell=current.request.cell if current else None, metadata=metadata
     )
@@ -739,6 +923,8 @@ def _fetch_error(
 ) -> DagsterBentoFetchError:
     where = _cell_ref("SQL", notebook, cell)
     reason = str(err) if isinstance(err, _SqlShapeError) else _db_message(err)
+    if isinstance(err, duckdb.PermissionException):
+        reason += " (a SQL cell can read the warehouse's tables only, not files)"
     short_sql = " ".join(sql.split())
     if len(short_sql) > 300:
         short_sql = short_sql[:300] + " ..."
@@ -764,6 +950,75 @@ def _atomic_output(path: Path, fmt: FileFormat) -> Iterator[Path]:
         for leftover in (tmp, csv_schema_path(tmp)):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+
+
+def _write_result(reader: pa.RecordBatchReader, tmp: Path, fmt: FileFormat) -> int:
+    """Stream ``reader`` into a Parquet (or CSV) file batch by batch; returns the number of rows."""
+    if fmt == "csv":
+        return write_csv_with_schema(reader, tmp)
+    rows = 0
+    # Dictionary-encode only text/binary columns: trying it on numbers and timestamps costs more than half of
+    # the write time for (almost) no size gain.
+    dictionary = [f.name for f in reader.schema if _dictionary_worthy(f.type)]
+    with pq.ParquetWriter(tmp, reader.schema, use_dictionary=dictionary) as writer:
+        for batch in reader:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return rows
+
+
+def _dictionary_worthy(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_dictionary(t)
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_string_view(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_binary_view(t)
+    )
+
+
+def _parquet_writable(field: pa.Field) -> bool:
+    """Whether pyarrow can write ``field`` to Parquet as a type readers understand."""
+    if _has_type(field.type, lambda t: isinstance(t, pa.BaseExtensionType) and t.extension_name == "arrow.opaque"):
+        return False  # e.g. DuckDB BIGNUM: only opaque bytes would be written
+    try:
+        pq.ParquetWriter(pa.BufferOutputStream(), pa.schema([field])).close()
+    except pa.ArrowNotImplementedError:  # e.g. INTERVAL (month_day_nano), UNION
+        return False
+    return True
+
+
+def _has_type(t: pa.DataType, check: Callable[[pa.DataType], bool]) -> bool:
+    if check(t):
+        return True
+    if isinstance(t, pa.BaseExtensionType):
+        return _has_type(t.storage_type, check)
+    return any(_has_type(t.field(i).type, check) for i in range(t.num_fields))
+
+
+def _utc_type(t: pa.DataType) -> pa.DataType:
+    """``t`` with every time zone aware timestamp labelled UTC (the instants are unchanged)."""
+    if pa.types.is_timestamp(t):
+        return pa.timestamp(t.unit, "UTC") if t.tz is not None else t
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        value = t.value_field.with_type(_utc_type(t.value_type))
+        if pa.types.is_fixed_size_list(t):
+            return pa.list_(value, t.list_size)
+        return pa.large_list(value) if pa.types.is_large_list(t) else pa.list_(value)
+    if pa.types.is_struct(t):
+        return pa.struct([t.field(i).with_type(_utc_type(t.field(i).type)) for i in range(t.num_fields)])
+    return t
+
+
+def _utc_reader(reader: pa.RecordBatchReader) -> pa.RecordBatchReader:
+    """``reader`` with time zone aware timestamps labelled UTC, as Parquet stores them (DuckDB labels them
+    with the session time zone). Returned as is when nothing needs relabelling."""
+    schema = pa.schema([f.with_type(_utc_type(f.type)) for f in reader.schema], metadata=reader.schema.metadata)
+    if schema.equals(reader.schema):
+        return reader
+    return pa.RecordBatchReader.from_batches(schema, (batch.cast(schema) for batch in reader))
 
 
 def _label_row(p: _PreparedUpload, run_id: str, now: dt.datetime) -> tuple[Any, ...] | None:
@@ -828,8 +1083,20 @@ def _file_lock(path: Path, *, exclusive: bool, timeout: float) -> Iterator[None]
         os.close(fd)
 
 
+# Every connection that runs a SQL cell's query: no file can be read or written from SQL, and the settings cannot
+# be changed back. All read connections of a process use the same settings, because DuckDB refuses to open one
+# database file with two configurations at the same time.
+_DUCKDB_READ_CONFIG = {"enable_external_access": False, "lock_configuration": True}
+
+
 class DuckDBWarehouse(Warehouse):
-    """An embedded DuckDB file (or ``:memory:``). Every operation opens and closes its own connection."""
+    """An embedded DuckDB file (or ``:memory:``). Every operation opens and closes its own connection.
+
+    Reads (fetches included) connect read-only with :data:`_DUCKDB_READ_CONFIG`. Uploads connect read-write
+    without it, because they load the Parquet files with ``read_parquet``; they only run SQL built here. The
+    in-memory database has one connection for everything, so it uses :data:`_DUCKDB_READ_CONFIG` too and
+    uploads hand DuckDB the files as Arrow datasets instead.
+    """
 
     kind = "duckdb"
     dialect = "duckdb"
@@ -843,7 +1110,7 @@ class DuckDBWarehouse(Warehouse):
         self._memory: duckdb.DuckDBPyConnection | None = None
         self.path: Path | None = None
         if str(database) in ("", ":memory:"):
-            self._memory = duckdb.connect(":memory:")
+            self._memory = duckdb.connect(":memory:", config=dict(_DUCKDB_READ_CONFIG))
         else:
             self.path = Path(database).expanduser().absolute()
         default_url = f"duckdb:///{self.path}" if self.path else "duckdb:///:memory:"
@@ -894,7 +1161,8 @@ class DuckDBWarehouse(Warehouse):
         delay = 0.01
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only)
+                config = dict(_DUCKDB_READ_CONFIG) if read_only else {}
+                return duckdb.connect(str(self.path), read_only=read_only, config=config)
             except duckdb.IOException as err:
                 if "lock" not in str(err).lower() or time.monotonic() > deadline:
                     raise
@@ -911,18 +1179,30 @@ class DuckDBWarehouse(Warehouse):
         try:
             query = single_statement(sql, self.dialect)
             with self._connect(write=False) as con, _atomic_output(path, fmt) as tmp:
+                _duckdb_check_query(con, query)
                 relation = con.sql(query)
                 if relation is None:
                     raise _SqlShapeError("the statement returns no rows; a SQL cell must be a query (SELECT ...)")
                 columns = tuple(ColumnInfo(n, str(t)) for n, t in zip(relation.columns, relation.types))
-                if fmt == "csv":
-                    rows = write_csv_with_schema(relation.to_arrow_reader(_UPLOAD_BATCH_ROWS), tmp)
-                else:
-                    relation.to_parquet(str(tmp))
-                    rows = pq.ParquetFile(tmp).metadata.num_rows
+                # Streamed through Arrow (COPY ... TO would need file access): memory stays bounded.
+                with contextlib.closing(self._result_reader(relation, fmt)) as reader:
+                    rows = _write_result(_utc_reader(reader) if fmt == "parquet" else reader, tmp, fmt)
         except (duckdb.Error, pa.ArrowException, OSError, _SqlShapeError) as err:
             raise _fetch_error(err, sql, self, notebook, cell) from err
         return FetchResult(path, rows, columns, time.perf_counter() - start)
+
+    @staticmethod
+    def _result_reader(relation: duckdb.DuckDBPyRelation, fmt: FileFormat) -> pa.RecordBatchReader:
+        """The query's record batches; for Parquet, columns Parquet cannot hold are cast to text by DuckDB."""
+        reader = relation.to_arrow_reader(_FETCH_BATCH_ROWS)
+        if fmt != "parquet" or all(_parquet_writable(f) for f in reader.schema):
+            return reader
+        reader.close()
+        exprs = [
+            (f"#{i + 1}" if _parquet_writable(f) else f"CAST(#{i + 1} AS VARCHAR)") + f" AS {quote_ident(f.name)}"
+            for i, f in enumerate(reader.schema)
+        ]
+        return relation.project(", ".join(exprs)).to_arrow_reader(_FETCH_BATCH_ROWS)
 
     def table_columns(self, table: str) -> tuple[ColumnInfo, ...] | None:
         name = normalize_table_name(table, self.default_schema)
@@ -970,11 +1250,13 @@ class DuckDBWarehouse(Warehouse):
         with self._connect(write=False) as con:
             if not names or not self._meta_exists(con, LANDINGS_TABLE):
                 return result
-            for name in names:
-                row = con.execute(
-                    f"SELECT max(landed_at) FROM {LANDINGS_TABLE} WHERE table_name = $1", [name]
-                ).fetchone()
-                result[name] = _iso_utc(row[0] if row else None)
+            rows = con.execute(
+                f"SELECT table_name, max(landed_at) FROM {LANDINGS_TABLE} "
+                "WHERE table_name IN (SELECT unnest($1::VARCHAR[])) GROUP BY table_name",
+                [sorted(set(names))],
+            ).fetchall()
+        for name, landed in rows:
+            result[name] = _iso_utc(landed)
         return result
 
     # -- upload ----------------------------------------------------------------------------------
@@ -1048,18 +1330,28 @@ class DuckDBWarehouse(Warehouse):
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
         existing = self._columns(con, p.table)
         columns = ", ".join(quote_ident(n) for n in p.schema.names)
-        select = f"SELECT {columns} FROM read_parquet({_sql_string(str(p.parquet))})"
-        if p.mode == "overwrite" or existing is None:
-            con.execute(f"CREATE OR REPLACE TABLE {target} AS {select}")
+        stage = None
+        if self._memory is not None:  # no file access on this connection: read the file here, give DuckDB Arrow
+            stage = f"_bento_stage_{uuid.uuid4().hex[:12]}"
+            con.register(stage, pads.dataset(str(p.parquet), format="parquet"))
+            select = f"SELECT {columns} FROM {quote_ident(stage)}"
         else:
-            if p.mode == "overwrite_partition":
-                column = p.request.partition_column
-                type_text = next(c.type for c in existing if c.name.lower() == column.lower())
-                con.execute(
-                    f"DELETE FROM {target} WHERE {quote_ident(column)} = CAST($1 AS {type_text})",
-                    [p.request.partition_value],
-                )
-            con.execute(f"INSERT INTO {target} BY NAME {select}")
+            select = f"SELECT {columns} FROM read_parquet({_sql_string(str(p.parquet))})"
+        try:
+            if p.mode == "overwrite" or existing is None:
+                con.execute(f"CREATE OR REPLACE TABLE {target} AS {select}")
+            else:
+                if p.mode == "overwrite_partition":
+                    column = p.request.partition_column
+                    type_text = next(c.type for c in existing if c.name.lower() == column.lower())
+                    con.execute(
+                        f"DELETE FROM {target} WHERE {quote_ident(column)} = CAST($1 AS {type_text})",
+                        [p.request.partition_value],
+                    )
+                con.execute(f"INSERT INTO {target} BY NAME {select}")
+        finally:
+            if stage is not None:
+                con.unregister(stage)
         count = con.execute(f"SELECT count(*) FROM {target}").fetchone()
         rows_in_table = int(count[0]) if count else 0
         final = self._columns(con, p.table) or ()
@@ -1154,17 +1446,28 @@ def _pg_convert_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatc
 
 
 class PostgresWarehouse(Warehouse):
-    """PostgreSQL through ADBC (binary COPY). Every operation opens and closes its own connection."""
+    """PostgreSQL through ADBC (binary COPY). Every operation opens and closes its own connection.
+
+    ``fetch_role`` (or ``?bento_fetch_role=`` in the URL): fetches run ``SET LOCAL ROLE fetch_role`` inside their
+    read-only transaction, so a SQL cell reads with that role's privileges (see Security in the module docstring).
+    """
 
     kind = "postgres"
     dialect = "postgres"
     default_schema = "public"
+    FETCH_ROLE_PARAMETER = "bento_fetch_role"
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, fetch_role: str | None = None):
         parsed = _parse_url(url)
         if _SCHEME_ALIASES.get(parsed.get_backend_name(), parsed.get_backend_name()) != "postgresql":
             raise ValueError(f"{parsed.render_as_string(hide_password=True)} is not a postgresql:// URL")
-        self._uri = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+        from_url = parsed.query.get(self.FETCH_ROLE_PARAMETER)
+        if isinstance(from_url, tuple):
+            from_url = from_url[-1]
+        self.fetch_role: str | None = fetch_role or from_url or None
+        # libpq does not know the parameter: it must not reach the connection string.
+        conninfo = parsed.difference_update_query([self.FETCH_ROLE_PARAMETER]).set(drivername="postgresql")
+        self._uri = conninfo.render_as_string(hide_password=False)
         self.url = parsed.render_as_string(hide_password=True)
         self._meta_ready = False
 
@@ -1191,30 +1494,22 @@ class PostgresWarehouse(Warehouse):
         path = Path(path)
         try:
             query = single_statement(sql, self.dialect)
+            _postgres_check_query(query)
             with self._connect() as conn, conn.cursor() as cur:
                 cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
                 conn.commit()
+                if self.fetch_role:  # LOCAL: ends with this (read-only) transaction
+                    cur.execute(f"SET LOCAL ROLE {quote_ident(self.fetch_role)}")
                 cur.execute(query)
                 reader = cur.fetch_record_batch()
                 columns = tuple(ColumnInfo(f.name, _pg_type_name(f)) for f in reader.schema)
                 schema = pa.schema([_pg_file_field(f) for f in reader.schema])
                 batches = (_pg_convert_batch(b, schema) for b in reader)
                 with _atomic_output(path, fmt) as tmp:
-                    rows = self._write_result(pa.RecordBatchReader.from_batches(schema, batches), tmp, fmt)
+                    rows = _write_result(pa.RecordBatchReader.from_batches(schema, batches), tmp, fmt)
         except (pg_dbapi.Error, pa.ArrowException, OSError, _SqlShapeError) as err:
             raise _fetch_error(err, sql, self, notebook, cell) from err
         return FetchResult(path, rows, columns, time.perf_counter() - start)
-
-    @staticmethod
-    def _write_result(reader: pa.RecordBatchReader, tmp: Path, fmt: FileFormat) -> int:
-        if fmt == "csv":
-            return write_csv_with_schema(reader, tmp)
-        rows = 0
-        with pq.ParquetWriter(tmp, reader.schema) as writer:
-            for batch in reader:
-                writer.write_batch(batch)
-                rows += batch.num_rows
-        return rows
 
     def table_columns(self, table: str) -> tuple[ColumnInfo, ...] | None:
         name = normalize_table_name(table, self.default_schema)
@@ -1269,10 +1564,14 @@ class PostgresWarehouse(Warehouse):
         with self._connect() as conn, conn.cursor() as cur:
             if self._columns(cur, LANDINGS_TABLE) is None:
                 return result
-            for name in names:
-                cur.execute(f"SELECT max(landed_at) FROM {LANDINGS_TABLE} WHERE table_name = $1", (name,))
-                row = cur.fetchone()
-                result[name] = _iso_utc(row[0] if row else None)
+            cur.execute(
+                f"SELECT table_name, max(landed_at) FROM {LANDINGS_TABLE} WHERE table_name = ANY($1::text[]) "
+                "GROUP BY table_name",
+                (sorted(set(names)),),
+            )
+            rows = cur.fetchall()
+        for name, landed in rows:
+            result[name] = _iso_utc(landed)
         return result
 
     # -- upload ----------------------------------------------------------------------------------
@@ -1348,7 +1647,7 @@ class PostgresWarehouse(Warehouse):
         except DagsterBentoOutputError:
             self._rollback(conn)
             raise
-        except (pg_dbapi.Error, pa.ArrowException, OSError, _InjectedFailure) as err:
+        except (pg_dbapi.Error, pa.ArrowException, OSError, _InjectedFailure, _DependentViewsError) as err:
             self._rollback(conn)
             raise _upload_error(err, current, prepared, self) from err
 
@@ -1365,17 +1664,62 @@ class PostgresWarehouse(Warehouse):
         if existing is None:
             self._ingest(cur, p, name, schema=schema)
         elif p.mode == "overwrite":
-            # Build the new table next to the old one, then swap: readers see the old table until commit.
-            stage = f"_bento_stage_{uuid.uuid4().hex[:12]}"
-            self._ingest(cur, p, stage, schema=schema)
-            cur.execute(f"DROP TABLE {target}")
-            cur.execute(f"ALTER TABLE {quote_ident(schema)}.{quote_ident(stage)} RENAME TO {quote_ident(name)}")
+            self._overwrite(cur, p, existing)
         else:
             self._insert_into_existing(cur, p, existing)
         cur.execute(f"SELECT count(*) FROM {target}")
         rows_in_table = int(cur.fetchone()[0])
         final = self._columns(cur, p.table) or ()
         return UploadResult(p.table, p.rows, rows_in_table, final, time.perf_counter() - start)
+
+    def _overwrite(self, cur: Any, p: _PreparedUpload, existing: tuple[ColumnInfo, ...]) -> None:
+        """Replace the rows of an existing table, all inside the upload transaction (readers see the old rows
+        until commit). When the columns stay the same (names and types) the table is kept: ``TRUNCATE`` + insert,
+        so grants, indexes, comments and dependent views survive. Otherwise the table is replaced, which is
+        refused (nothing written) while views depend on it."""
+        schema, name = _split_table(p.table)
+        target = _qualified(p.table)
+        if {c.name for c in existing} == set(p.schema.names) and _pg_copy_matches(p.schema, existing):
+            cur.execute(f"TRUNCATE {target}")  # the new table would have exactly these columns: load in place
+            self._ingest(cur, p, name, schema=schema, mode="append")
+            return
+        # Stage the output as the new table would be created, then compare its columns with the table's.
+        stage = f"_bento_stage_{uuid.uuid4().hex[:12]}"
+        self._ingest(cur, p, stage, schema=None)
+        staged = self._temp_columns(cur, stage)
+        if {c.name: c.type for c in staged} == {c.name: c.type for c in existing}:
+            cur.execute(f"TRUNCATE {target}")
+            names = ", ".join(quote_ident(c.name) for c in staged)
+            cur.execute(f"INSERT INTO {target} ({names}) SELECT {names} FROM pg_temp.{quote_ident(stage)}")
+        else:
+            views = self._dependent_views(cur, p.table)
+            if views:
+                raise _DependentViewsError(p.table, existing, staged, views)
+            cur.execute(f"DROP TABLE {target}")
+            cur.execute(f"CREATE TABLE {target} AS TABLE pg_temp.{quote_ident(stage)}")
+        cur.execute(f"DROP TABLE pg_temp.{quote_ident(stage)}")
+
+    @staticmethod
+    def _temp_columns(cur: Any, table: str) -> tuple[ColumnInfo, ...]:
+        cur.execute(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (f"pg_temp.{quote_ident(table)}",),
+        )
+        return tuple(ColumnInfo(n, t) for n, t in cur.fetchall())
+
+    @staticmethod
+    def _dependent_views(cur: Any, table: str) -> list[str]:
+        """Views and materialized views whose definition reads ``table``."""
+        cur.execute(
+            "SELECT DISTINCT n.nspname::text || '.' || v.relname::text FROM pg_depend d "
+            "JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class "
+            "JOIN pg_namespace n ON n.oid = v.relnamespace "
+            "WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass "
+            "AND d.refobjid = to_regclass($1) AND v.oid <> d.refobjid ORDER BY 1",
+            (_qualified(table),),
+        )
+        return [row[0] for row in cur.fetchall()]
 
     def _insert_into_existing(self, cur: Any, p: _PreparedUpload, existing: tuple[ColumnInfo, ...]) -> None:
         """Append (or replace one partition). Binary COPY straight into the table when every column's Arrow

@@ -1,8 +1,11 @@
 """Warehouse tests against real DuckDB files (in tmp_path) and the real PostgreSQL on 127.0.0.1:5432."""
 
+import contextlib
 import dataclasses
 import datetime as dt
 import multiprocessing
+import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -632,3 +635,404 @@ def test_duckdb_memory_warehouse_round_trip(tmp_path: Path) -> None:
     assert wh.fetch("SELECT sum(a) AS s FROM t", tmp_path / "s.parquet").rows == 1
     assert pq.read_table(tmp_path / "s.parquet").column("s").to_pylist() == [3]
     wh.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Security: what a SQL cell can reach through fetch
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT * FROM read_text('/etc/hostname')",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM read_text('{secret}')",
+        "SELECT content FROM read_blob('{secret}')",
+        "SELECT * FROM glob('{tmp}/*')",
+        "SELECT * FROM '{secret}'",
+        "SELECT * FROM sniff_csv('{secret}')",
+    ],
+)
+def test_duckdb_fetch_cannot_read_host_files(duck_env: Env, query: str) -> None:
+    secret = duck_env.tmp / "secret.txt"
+    secret.write_text("orchestrator-only\n")
+    out = duck_env.tmp / "leak.parquet"
+    with pytest.raises(DagsterBentoFetchError) as info:
+        duck_env.wh.fetch(query.format(secret=secret, tmp=duck_env.tmp), out, notebook=NB, cell=1)
+    assert "orchestrator-only" not in str(info.value)
+    assert not out.exists()
+
+
+def test_duckdb_fetch_cannot_write_files_or_unlock_settings(duck_env: Env) -> None:
+    target = duck_env.tmp / "written.csv"
+    with pytest.raises(DagsterBentoFetchError):
+        duck_env.wh.fetch(f"COPY (SELECT 42 AS x) TO '{target}'", duck_env.tmp / "x.parquet")
+    assert not target.exists()
+    for sql in ("SET enable_external_access = true", "SET lock_configuration = false", f"ATTACH '{target}.db'"):
+        with pytest.raises(DagsterBentoFetchError):
+            duck_env.wh.fetch(sql, duck_env.tmp / "x.parquet")
+    assert not Path(f"{target}.db").exists()
+    # the database file itself is still read (read-only) and later fetches work normally
+    assert duck_env.wh.fetch("SELECT 1 AS one", duck_env.tmp / "one.parquet").rows == 1
+
+
+def test_duckdb_memory_warehouse_has_no_external_access(tmp_path: Path) -> None:
+    wh = warehouse_from_url("duckdb:///:memory:")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("orchestrator-only")
+    with pytest.raises(DagsterBentoFetchError):
+        wh.fetch(f"SELECT * FROM read_text('{secret}')", tmp_path / "x.parquet")
+    pq.write_table(pa.table({"a": [1, 2], "b": ["x", "y"]}), tmp_path / "a.parquet")
+    wh.upload([UploadRequest("t", tmp_path / "a.parquet")], run_id="r1")  # uploads still load files
+    wh.upload([UploadRequest("t", tmp_path / "a.parquet", mode="append")], run_id="r2")
+    assert wh.fetch("SELECT count(*) AS n FROM t", tmp_path / "n.parquet").rows == 1
+    assert pq.read_table(tmp_path / "n.parquet").column("n").to_pylist() == [4]
+    wh.close()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT * FROM query_table('analytics.orders')",
+        "SELECT * FROM main.query_table(['analytics.orders'])",
+        "SELECT * FROM query('SELECT * FROM analytics.orders')",
+        'SELECT * FROM "QUERY"($$SELECT * FROM analytics.orders$$)',
+        "WITH x AS (SELECT * FROM (SELECT * FROM query('SELECT 1'))) SELECT * FROM x",
+        "SELECT (SELECT count(*) FROM query_table('analytics.orders')) AS n",
+        "SELECT * FROM json_execute_serialized_sql(json_serialize_sql('SELECT * FROM analytics.orders'))",
+        "SELECT * FROM duckdb_table_sample('analytics.orders')",
+        "SELECT * FROM pragma_storage_info('analytics.orders')",
+        "SELECT * FROM histogram('analytics.orders', id)",
+        "PIVOT (FROM query_table('analytics.orders')) ON qty USING sum(id)",
+        "PRAGMA storage_info('analytics.orders')",
+    ],
+)
+def test_duckdb_fetch_refuses_tables_named_by_string(duck_env: Env, query: str) -> None:
+    duck_env.execute("CREATE TABLE analytics.orders AS SELECT range AS id, (range % 3)::INTEGER AS qty FROM range(10)")
+    with pytest.raises(DagsterBentoFetchError, match="purpose-zone checks cannot see which tables") as info:
+        duck_env.wh.fetch(query, duck_env.tmp / "x.parquet", notebook=NB, cell=4)
+    assert info.value.cell == 4 and "Name the tables in the query itself" in str(info.value)
+
+
+def test_duckdb_fetch_allows_ordinary_functions_of_the_same_names(duck_env: Env) -> None:
+    duck_env.execute("CREATE TABLE analytics.orders AS SELECT range AS id, (range % 3)::INTEGER AS qty FROM range(10)")
+    ok = [
+        "SELECT histogram(qty) AS h FROM analytics.orders",  # the aggregate, not the table macro
+        "SELECT 'query_table(x)' AS s, id AS query FROM analytics.orders",
+        "PIVOT analytics.orders ON qty USING sum(id)",
+    ]
+    for query in ok:
+        assert duck_env.wh.fetch(query, duck_env.tmp / "ok.parquet").rows >= 1
+
+
+def test_duckdb_fetch_streams_types_parquet_cannot_hold(duck_env: Env) -> None:
+    out = duck_env.tmp / "types.parquet"
+    result = duck_env.wh.fetch(
+        "SELECT INTERVAL 3 DAY AS i, [INTERVAL 1 HOUR] AS li, 12345678901234567890::BIGNUM AS bn, "
+        "union_value(num := 2)::UNION(num INTEGER, s VARCHAR) AS u, TIMESTAMPTZ '2024-03-10 01:30:00+00' AS ts, "
+        "[TIMESTAMPTZ '2024-03-10 01:30:00+00'] AS lts, 42::HUGEINT AS h, 7 AS n",
+        out,
+    )
+    assert [c.type for c in result.columns][:4] == ["INTERVAL", "INTERVAL[]", "BIGNUM", "UNION(num INTEGER, s VARCHAR)"]
+    table = pq.read_table(out)
+    assert table.to_pylist()[0] | {"ts": None, "lts": None, "h": None} == {
+        "i": "3 days", "li": "['01:00:00']", "bn": "12345678901234567890", "u": "2", "ts": None, "lts": None,
+        "h": None, "n": 7,
+    }  # fmt: skip
+    assert table.schema.field("ts").type == pa.timestamp("us", tz="UTC")
+    assert table.schema.field("lts").type == pa.list_(pa.timestamp("us", tz="UTC"))
+    assert table.column("ts").to_pylist()[0] == dt.datetime(2024, 3, 10, 1, 30, tzinfo=dt.timezone.utc)
+    assert int(table.column("h").to_pylist()[0]) == 42
+
+
+def test_duckdb_fetch_streams_large_results_in_batches(duck_env: Env) -> None:
+    duck_env.execute(
+        "CREATE TABLE analytics.big AS SELECT range AS id, 'row ' || range AS s, range * 0.5 AS x FROM range(400000)"
+    )
+    out = duck_env.tmp / "big.parquet"
+    result = duck_env.wh.fetch(f"SELECT * FROM {duck_env.t('big')} ORDER BY id", out)
+    meta = pq.ParquetFile(out).metadata
+    assert result.rows == meta.num_rows == 400000
+    assert meta.num_row_groups >= 3  # written batch by batch, never collected in memory first
+    assert pq.read_table(out, columns=["id"]).column(0).to_pylist()[-3:] == [399997, 399998, 399999]
+    csv_out = duck_env.tmp / "big.csv"
+    assert duck_env.wh.fetch(f"SELECT * FROM {duck_env.t('big')}", csv_out, fmt="csv").rows == 400000
+
+
+@pytest.fixture
+def pg_role(pg_env: Env) -> Iterator[str]:
+    """A NOLOGIN role, dropped (with its privileges) afterwards."""
+    role = f"bento_test_{uuid.uuid4().hex[:10]}"
+    _pg_execute(f'CREATE ROLE "{role}" NOLOGIN')
+    try:
+        yield role
+    finally:
+        _pg_execute(f'DROP OWNED BY "{role}"')
+        _pg_execute(f'DROP ROLE "{role}"')
+
+
+def test_postgres_fetch_role_is_taken_out_of_the_connection_url() -> None:
+    wh = warehouse_from_url("postgresql://alice:pw@db.example.com/sales?sslmode=require&bento_fetch_role=reader")
+    assert isinstance(wh, PostgresWarehouse)
+    assert wh.fetch_role == "reader"
+    assert wh._uri == "postgresql://alice:pw@db.example.com/sales?sslmode=require"
+    assert "bento_fetch_role=reader" in wh.url and "pw" not in wh.url
+    assert PostgresWarehouse("postgresql://alice@db/sales").fetch_role is None
+
+
+@pytest.mark.postgres
+def test_postgres_fetch_runs_as_the_fetch_role(pg_env: Env, pg_role: str) -> None:
+    readable, secret = pg_env.t("readable"), pg_env.t("secret")
+    pg_env.execute(f"CREATE TABLE {readable} AS SELECT 1::bigint AS id")
+    pg_env.execute(f"CREATE TABLE {secret} AS SELECT 'top'::text AS s")
+    pg_env.execute(f'GRANT USAGE ON SCHEMA "{pg_env.schema}" TO "{pg_role}"')
+    pg_env.execute(f'GRANT SELECT ON {readable} TO "{pg_role}"')
+    wh = warehouse_from_url(f"{PG_URL}?bento_fetch_role={pg_role}")
+    assert wh.fetch(f"SELECT * FROM {readable}", pg_env.tmp / "ok.parquet").rows == 1
+    assert wh.fetch("SELECT current_user::text AS u", pg_env.tmp / "u.parquet").rows == 1
+    assert pq.read_table(pg_env.tmp / "u.parquet").column("u").to_pylist() == [pg_role]
+    out = pg_env.tmp / "secret.parquet"
+    with pytest.raises(DagsterBentoFetchError, match="permission denied for table secret"):
+        wh.fetch(f"SELECT * FROM {secret}", out, notebook=NB, cell=2)
+    assert not out.exists()
+    # SET ROLE could be undone from SQL (set_config('role', ...)) and then dynamic SQL would run as the login role
+    escape = (
+        f"SELECT set_config('role', 'none', true) AS r, query_to_xml('SELECT * FROM {secret}', true, false, '') AS x"
+    )
+    with pytest.raises(DagsterBentoFetchError, match="set_config"):
+        wh.fetch(escape, out)
+    assert not out.exists()
+    # the role is LOCAL to the fetch transaction: uploads still run as the URL's role
+    wh.upload([UploadRequest(pg_env.t("landed"), pg_env.parquet("l", {"id": [1]}))], run_id="r1")
+    assert pg_env.count(pg_env.t("landed")) == 1
+    # without a fetch role, the same warehouse reads everything the login role can
+    assert PostgresWarehouse(PG_URL).fetch(f"SELECT * FROM {secret}", out).rows == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("query", "match"),
+    [
+        ("SELECT query_to_xml('SELECT 1', true, false, '') AS x", r"query_to_xml\(\), which reads tables named"),
+        ("SELECT table_to_xml('pg_class', true, false, '') AS x", r"table_to_xml\(\)"),
+        ("SELECT * FROM ts_stat('SELECT to_tsvector(''a'')')", r"ts_stat\(\)"),
+        ("SELECT pg_catalog.set_config('search_path', 'x', true) AS s", "set_config"),
+        ('SELECT U&"\\0073et_config"(\'role\', \'none\', true) AS s', r'U&"\.\.\."'),
+        ("DO $$ BEGIN PERFORM 1; END $$", "a DO statement is not allowed"),
+        ("COPY (SELECT 1) TO STDOUT", "a COPY statement is not allowed"),
+        ("SET ROLE NONE", "a SET statement is not allowed"),
+        ("EXPLAIN ANALYZE SELECT 1", "a EXPLAIN statement is not allowed"),
+    ],
+)
+def test_postgres_fetch_refuses_dynamic_sql_and_non_queries(pg_env: Env, query: str, match: str) -> None:
+    with pytest.raises(DagsterBentoFetchError, match=match):
+        pg_env.wh.fetch(query, pg_env.tmp / "x.parquet", notebook=NB, cell=1)
+
+
+@pytest.mark.postgres
+def test_postgres_fetch_accepts_queries_of_every_shape(pg_env: Env) -> None:
+    t = pg_env.t("shapes")
+    pg_env.execute(f"CREATE TABLE {t} AS SELECT 1::bigint AS id")
+    for query in (
+        f"/* leading comment */ SELECT * FROM {t}",
+        f"WITH x AS (SELECT * FROM {t}) SELECT * FROM x",
+        "VALUES (1), (2)",
+        f"TABLE {t}",
+        f"(SELECT id FROM {t}) UNION ALL (SELECT 2)",
+    ):
+        assert pg_env.wh.fetch(query, pg_env.tmp / "s.parquet").rows >= 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Overwrite keeps the table when its columns stay the same
+
+
+def test_overwrite_with_same_columns_keeps_dependent_view(env: Env) -> None:
+    t, v = env.t("kept"), env.t("kept_view")
+    first = {
+        "id": [1, 2, 3],
+        "name": ["a", "b", "c"],
+        "ts": pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-03"]),  # timestamp[ns]: staged, then compared
+    }
+    env.wh.upload([UploadRequest(t, env.parquet("k1", pd.DataFrame(first).pipe(pa.Table.from_pandas)))], run_id="r1")
+    env.execute(f"CREATE VIEW {v} AS SELECT id, name FROM {t} WHERE id > 1")
+    assert env.count(v) == 2
+    # same columns (here in another order): rows replaced in place
+    second = pa.table({"name": ["x", "y", "z", "w"], "id": [10, 20, 30, 40]})
+    second = second.append_column("ts", pa.array([dt.datetime(2024, 2, 1)] * 4, pa.timestamp("ns")))
+    [result] = env.wh.upload([UploadRequest(t, env.parquet("k2", second))], run_id="r2")
+    assert (result.rows_written, result.rows_in_table) == (4, 4)
+    assert sorted(env.execute(f"SELECT id, name FROM {v}")) == [(10, "x"), (20, "y"), (30, "z"), (40, "w")]
+    # exactly the copy types (bigint, text): straight into the emptied table
+    third = env.parquet("k3", pa.table({"id": [5], "name": ["q"], "ts": pa.array([dt.datetime(2024, 3, 1)])}))
+    env.wh.upload([UploadRequest(t, third)], run_id="r3")
+    assert env.execute(f"SELECT id, name FROM {v}") == [(5, "q")]
+
+
+@pytest.mark.postgres
+def test_postgres_overwrite_keeps_grants_indexes_and_comments(pg_env: Env, pg_role: str) -> None:
+    t = pg_env.t("granted")
+    env = pg_env
+    env.wh.upload([UploadRequest(t, env.parquet("g1", {"id": [1, 2], "amount": [1.5, 2.5]}))], run_id="r1")
+    env.execute(f'GRANT SELECT ON {t} TO "{pg_role}"')
+    env.execute(f"CREATE INDEX granted_id_idx ON {t} (id)")
+    env.execute(f"COMMENT ON TABLE {t} IS 'curated'")
+    oid = env.scalar(f"SELECT '{t}'::regclass::oid")
+    [result] = env.wh.upload(
+        [UploadRequest(t, env.parquet("g2", {"id": [7, 8, 9], "amount": [0.5, 1.0, 1.5]}))], run_id="r2"
+    )
+    assert result.rows_in_table == 3 and sorted(r[0] for r in env.execute(f"SELECT id FROM {t}")) == [7, 8, 9]
+    assert env.scalar(f"SELECT '{t}'::regclass::oid") == oid  # the same table, not a new one
+    assert env.scalar(f"SELECT has_table_privilege('{pg_role}', '{t}', 'SELECT')") is True
+    indexes = f"SELECT count(*) FROM pg_indexes WHERE schemaname = '{env.schema}' AND tablename = 'granted'"
+    assert env.scalar(indexes) == 1
+    assert env.scalar(f"SELECT obj_description('{t}'::regclass, 'pg_class')") == "curated"
+
+
+@pytest.mark.postgres
+def test_postgres_overwrite_changing_columns_under_a_view_is_refused(pg_env: Env) -> None:
+    env = pg_env
+    t, v, other = env.t("base"), env.t("base_view"), env.t("other")
+    env.wh.upload([UploadRequest(t, env.parquet("b1", {"id": [1, 2], "name": ["a", "b"]}))], run_id="r1")
+    env.execute(f"CREATE VIEW {v} AS SELECT id FROM {t}")
+    requests = [
+        UploadRequest(other, env.parquet("o", {"x": [1]})),
+        UploadRequest(t, env.parquet("b2", {"id": ["one"], "extra": [1.0]}), notebook=NB, cell=6),
+    ]
+    with pytest.raises(DagsterBentoUploadError) as info:
+        env.wh.upload(requests, run_id="r2")
+    message = str(info.value)
+    assert f"these views depend on it: {v}" in message
+    assert "name removed" in message and "extra added (double precision)" in message and "id bigint -> text" in message
+    assert "Nothing was written" in message and f"write cell 6 of {NB}" in message
+    assert info.value.cell == 6
+    assert env.wh.table_columns(t) == (ColumnInfo("id", "bigint"), ColumnInfo("name", "text"))
+    assert sorted(env.execute(f"SELECT id, name FROM {t}")) == [(1, "a"), (2, "b")]
+    assert env.count(v) == 2 and not env.exists(other)
+    # without the view the table is replaced as before
+    env.execute(f"DROP VIEW {v}")
+    [result] = env.wh.upload([UploadRequest(t, env.parquet("b3", {"id": ["one"], "extra": [1.0]}))], run_id="r3")
+    assert [c.name for c in result.columns] == ["id", "extra"]
+
+
+# --------------------------------------------------------------------------------------------------
+# last_modified is one query
+
+
+class _CountingProxy:
+    """Wraps a DB-API connection or cursor (DuckDB or ADBC) and records every statement it executes."""
+
+    def __init__(self, inner: Any, statements: list[str]):
+        self._inner, self._statements = inner, statements
+
+    def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        self._statements.append(sql)
+        result = self._inner.execute(sql, *args, **kwargs)
+        return self if result is self._inner else result
+
+    def cursor(self, *args: Any, **kwargs: Any) -> "_CountingProxy":
+        return _CountingProxy(self._inner.cursor(*args, **kwargs), self._statements)
+
+    def __enter__(self) -> "_CountingProxy":
+        self._inner.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        return self._inner.__exit__(*exc_info)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_last_modified_runs_one_query_for_all_tables(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    landed = [env.t(f"landed_{i}") for i in range(3)]
+    for i, table in enumerate(landed):
+        env.wh.upload([UploadRequest(table, env.parquet(f"lm{i}", {"id": [i]}))], run_id=f"r{i}")
+    env.wh.upload([UploadRequest(landed[0], env.parquet("lm_again", {"id": [9]}))], run_id="again")
+    never = [env.t(f"never_{i}") for i in range(30)]
+    statements: list[str] = []
+    original = type(env.wh)._connect
+
+    @contextlib.contextmanager
+    def counting(self: Warehouse, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        with original(self, *args, **kwargs) as inner:  # type: ignore[attr-defined]
+            yield _CountingProxy(inner, statements)
+
+    monkeypatch.setattr(type(env.wh), "_connect", counting)
+    stamps = env.wh.last_modified([*landed, *never, landed[1].upper()])
+    landings = [s for s in statements if "landings" in s and "landed_at" in s]
+    assert len(landings) == 1, statements
+    assert len(statements) <= 3, statements  # the meta table check plus the one query
+    assert all(stamps[t] is None for t in never)
+    assert all(stamps[t] is not None for t in landed)
+    first_two = env.execute(
+        f"SELECT max(landed_at) FROM bento_meta.landings WHERE table_name = '{landed[0]}' GROUP BY table_name"
+    )
+    assert dt.datetime.fromisoformat(stamps[landed[0]] or "").replace(tzinfo=None) == first_two[0][0].replace(
+        tzinfo=None
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Outputs must be regular files (defence in depth: the runner copies them with O_NOFOLLOW first)
+
+
+def _upload_with_deadline(wh: Warehouse, requests: list[UploadRequest], fifo: Path | None) -> BaseException | None:
+    """Run ``upload`` in a thread; if it is still blocked (reading a FIFO) after 5 s, unblock it and fail."""
+    box: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            wh.upload(requests, run_id="r1")
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            box["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(5)
+    hung = thread.is_alive()
+    if hung and fifo is not None:
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # EOF for the blocked reader
+        thread.join(5)
+    assert not hung, "upload blocked on a FIFO instead of refusing it"
+    return box.get("error")
+
+
+def test_upload_refuses_symlinked_data_file(duck_env: Env) -> None:
+    real = duck_env.parquet("real", {"id": [1]})
+    link = duck_env.tmp / "out.parquet"
+    link.symlink_to(real)
+    error = _upload_with_deadline(duck_env.wh, [UploadRequest(duck_env.t("x"), link, notebook=NB, cell=3)], None)
+    assert isinstance(error, DagsterBentoOutputError)
+    assert f"write cell 3 of {NB} left a symlink at {link}" in str(error) and "not a regular file" in str(error)
+    assert error.cell == 3 and not duck_env.exists(duck_env.t("x"))
+
+
+def test_upload_refuses_fifo_data_file(duck_env: Env) -> None:
+    fifo = duck_env.tmp / "out.parquet"
+    os.mkfifo(fifo)
+    error = _upload_with_deadline(duck_env.wh, [UploadRequest(duck_env.t("x"), fifo, notebook=NB, cell=3)], fifo)
+    assert isinstance(error, DagsterBentoOutputError) and "left a FIFO (named pipe)" in str(error)
+    assert not duck_env.exists(duck_env.t("x"))
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "dangling symlink"])
+def test_upload_refuses_non_regular_csv_sidecar(duck_env: Env, kind: str) -> None:
+    data = duck_env.tmp / "out.csv"
+    data.write_text("id\n1\n")
+    sidecar = csv_schema_path(data)
+    fifo = None
+    if kind == "fifo":
+        os.mkfifo(sidecar)
+        fifo = sidecar
+    else:
+        real = duck_env.tmp / "elsewhere.json"
+        if kind == "symlink":
+            real.write_text('{"format": "dagster-bento.csv-schema/1", "columns": {"id": "int64"}}')
+        sidecar.symlink_to(real)
+    request = UploadRequest(duck_env.t("x"), data, fmt="csv", notebook=NB, cell=8)
+    error = _upload_with_deadline(duck_env.wh, [request], fifo)
+    assert isinstance(error, DagsterBentoOutputError), error
+    assert f"at {sidecar}" in str(error) and "not a regular file" in str(error)
+    assert not duck_env.exists(duck_env.t("x"))
