@@ -9,9 +9,10 @@ Every ratio is taken against baselines measured in the SAME run (medians of ``--
     through dagster-bento vs the warehouse's native paths (DuckDB CTAS, COPY→Parquet→CTAS read_parquet;
     PostgreSQL ADBC fetch+ingest, server-side CTAS) and vs the seed's path (read_sql → CSV → to_sql,
     run on ``--seed-rows`` and extrapolated linearly to 1M rows).
-(c) peak RSS of each path, each in a fresh process (``--one <path>``): the orchestrator's ru_maxrss, and
-    the kernel's (RUSAGE_CHILDREN, plus a /proc VmHWM sampler of every descendant, because bwrap's
-    pid-namespace init is killed with the sandbox, so its grandchildren are never reaped by us).
+(c) peak RSS of each path, each in a fresh process (``--one <path>``): the orchestrator's VmHWM and the
+    kernel's (printed by an extra last cell, cross-checked by a /proc VmHWM sampler of every descendant).
+    ``ru_maxrss`` (SELF and CHILDREN) is reported too, but Linux carries maxrss across exec, so it shows the
+    spawning parent's size, and the sandboxed kernel is never reaped by the orchestrator anyway.
 (d) whole-process ``dagster asset materialize -f`` (fresh DAGSTER_HOME, telemetry off) of the trivial
     notebook through dagster-bento vs a dagstermill asset vs a plain Python ``@asset`` (the floor) vs the
     ``papermill`` CLI.
@@ -62,10 +63,10 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def rss_now_mb() -> float:
+def rss_now_mb(field: str = "VmRSS") -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -634,8 +635,11 @@ class DescendantPeak(threading.Thread):
         return name, kb / 1024
 
 
-PROBE_MARK = "KERNEL_MAXRSS_KB"
-PROBE_SRC = f"import resource\nprint('{PROBE_MARK}', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+PROBE_MARK = "KERNEL_VMHWM_KB"
+# VmHWM, not ru_maxrss: ru_maxrss survives exec, so a process spawned by a big parent reports at least the
+# parent's size (see (c)). Reading /proc is not a file write, so the cell passes the schedulability check.
+PROBE_SRC = (f"import re\nwith open('/proc/self/status') as _f:\n"
+             f"    print('{PROBE_MARK}', re.search(r'VmHWM:\\s+(\\d+)', _f.read()).group(1))")
 
 
 def add_probe(src_nb: Path, dst_nb: Path) -> None:
@@ -705,6 +709,7 @@ def one(name: str, state_file: str) -> None:
     result.update(
         kernel_self_mb=read_probe(),
         base_mb=base,
+        self_hwm_mb=rss_now_mb("VmHWM"),
         self_peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         children_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         descendant_peak_mb=hwm, descendant_name=proc,
@@ -731,6 +736,16 @@ import os
 from dagster_bento import build_bento_definitions
 
 defs = build_bento_definitions(project_dir=os.environ["BENCH_BENTO_PROJECT"])
+"""
+
+DEFS_BENTO_NOHTML = """
+import os
+from dagster_bento import build_bento_definitions
+from dagster_bento.resources import BentoResource
+
+project = os.environ["BENCH_BENTO_PROJECT"]
+defs = build_bento_definitions(project_dir=project, resource=BentoResource(
+    project_dir=project, warehouse_url=f"duckdb:///{project}/warehouse.duckdb", html=False))
 """
 
 DEFS_DAGSTERMILL = """
@@ -772,6 +787,7 @@ def cli_setup(tmp: Path, state: dict[str, Any]) -> dict[str, dict[str, Any]]:
     root = tmp / "cli"
     root.mkdir()
     (root / "bento_defs.py").write_text(DEFS_BENTO)
+    (root / "bento_nohtml_defs.py").write_text(DEFS_BENTO_NOHTML)
     (root / "dm_defs.py").write_text(DEFS_DAGSTERMILL)
     (root / "plain_defs.py").write_text(DEFS_PLAIN)
     # dagstermill replaces the `parameters` cell by its own injected cell, so `a = 1` is an untagged cell there
@@ -784,6 +800,7 @@ def cli_setup(tmp: Path, state: dict[str, Any]) -> dict[str, dict[str, Any]]:
     dagster = str(BIN / "dagster")
     variants = {
         "bento": [dagster, "asset", "materialize", "-f", "bento_defs.py", "--select", "mart/trivial"],
+        "bento-nohtml": [dagster, "asset", "materialize", "-f", "bento_nohtml_defs.py", "--select", "mart/trivial"],
         "dagstermill": [dagster, "asset", "materialize", "-f", "dm_defs.py", "--select", "trivial_dm"],
         "plain": [dagster, "asset", "materialize", "-f", "plain_defs.py", "--select", "trivial_plain"],
         "papermill": [str(BIN / "papermill"), str(pm_nb), str(pm_nb.with_name("trivial.out.ipynb")), "-p", "a", "1",
@@ -821,9 +838,14 @@ def run_phases(home: Path, t0: float, t1: float) -> dict[str, float]:
     try:
         run = instance.get_runs(limit=1)[0]
         ts: dict[str, float] = {}
+        bento: dict[str, float] = {}
         for entry in instance.all_logs(run.run_id):
             if entry.dagster_event is not None:
                 ts.setdefault(entry.dagster_event.event_type_value, entry.timestamp)
+                if entry.dagster_event.event_type_value == dg.DagsterEventType.ASSET_MATERIALIZATION.value:
+                    md = entry.dagster_event.event_specific_data.materialization.metadata
+                    if "dagster_bento/timings_s" in md:
+                        bento = {f"bento_{k}": v for k, v in md["dagster_bento/timings_s"].value.items()}
     finally:
         instance.dispose()
     e = dg.DagsterEventType
@@ -833,6 +855,7 @@ def run_phases(home: Path, t0: float, t1: float) -> dict[str, float]:
         "worker_s": step_start - run_start,  # step process spawn: re-imports dagster + code location
         "step_s": step_ok - step_start,  # the asset body
         "exit_s": t1 - step_ok,  # step process exit, RUN_SUCCESS, CLI exit
+        **bento,
     }
 
 
@@ -906,10 +929,15 @@ def environment(args: argparse.Namespace) -> str:
                 cur.execute("SELECT current_setting('server_version')")
                 pg_version = "PostgreSQL " + cur.fetchone()[0]
     bwrap = subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout.strip()
+    git = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %ci"], capture_output=True,
+                         text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "dagster_bento"],
+                           capture_output=True, text=True).stdout.split()[1::2]
     return "\n".join([
         f"* {versions}",
         f"* {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, {bwrap}, "
         + pg_version + ("" if args.skip_pg else f" on {PG_URL.split('@')[-1]}"),
+        f"* code: commit {git or '?'}" + (f", plus uncommitted changes to {', '.join(dirty)}" if dirty else ""),
         f"* command: `{' '.join(['python', 'benchmarks/bench_execution.py', *sys.argv[1:]])}` — reps {args.reps} "
         f"(median), rows {args.rows:,}, seed rows {args.seed_rows:,}",
     ])
@@ -1066,11 +1094,13 @@ def main() -> None:  # noqa: C901 - a linear script
                            "Dagster)."] if triv_bento else []),
                         f"* fidelity of dagster-bento's output vs the source: {fid[bento]}. Seed output: {seed['types']}.",
                         ""]
-            out += ["Seed stand-ins: duckdb-engine is not installed, so for DuckDB `pd.read_sql` is replaced by "
-                    "`con.execute(sql).df()` (faster than read_sql through SQLAlchemy) and `to_sql` by CREATE TABLE "
-                    "from the pandas dtypes + `con.executemany(\"INSERT … VALUES (?, …)\")` row by row. PostgreSQL "
-                    "uses the real `pd.read_sql`/`to_sql` (SQLAlchemy 2 + psycopg 3, `method=None`). "
-                    "\"bento ÷ this\" < 1 means dagster-bento is faster.", ""]
+            out += ["Seed stand-ins (\\*): duckdb-engine is not installed, so for DuckDB `pd.read_sql` is replaced "
+                    "by `con.execute(sql).df()` (faster than read_sql through SQLAlchemy) and `to_sql` by CREATE "
+                    "TABLE from the pandas dtypes plus, in one transaction like to_sql, either "
+                    "`con.executemany(\"INSERT … VALUES (?, …)\")` row by row or multi-row `INSERT … VALUES (…), (…)` "
+                    "of 1,000 rows per statement (what SQLAlchemy 2's insertmanyvalues sends); the ratios use the "
+                    "faster one. PostgreSQL uses the real `pd.read_sql`/`to_sql` (SQLAlchemy 2 + psycopg 3, "
+                    "`method=None`). \"bento ÷ this\" < 1 means dagster-bento is faster.", ""]
             if args.profile:
                 out += ["```", profile(runners["duckdb-bento"], "DuckDB big bento (warm)"), "```", ""]
             del runners
@@ -1089,23 +1119,24 @@ def main() -> None:  # noqa: C901 - a linear script
                     children[name] = run_child(name, state_file)
                 r = children[name]
                 kself = r.get("kernel_self_mb")
-                rows.append([name, f"{r['rows']:,}", f2(r["wall"]), f"{r['base_mb']:.0f}", f"{r['self_peak_mb']:.0f}",
+                rows.append([name, f"{r['rows']:,}", f2(r["wall"]), f"{r['base_mb']:.0f}", f"{r['self_hwm_mb']:.0f}",
                              f"{kself:.0f}" if kself else "–",
                              f"{r['descendant_peak_mb']:.0f} ({r['descendant_name']})" if r["descendant_name"] else "–",
-                             f"{r['children_mb']:.0f}" if r["children_mb"] else "–"])
+                             f"{r['self_peak_mb']:.0f}", f"{r['children_mb']:.0f}" if r["children_mb"] else "–"])
             out += ["### (c) Peak memory, each path once in a fresh process", "",
-                    "*base* = RSS after imports; *orchestrator peak* = the process's own `ru_maxrss`; *kernel peak* "
-                    "= the kernel's own `ru_maxrss`, printed by one extra last cell appended to the notebook for "
-                    "this measurement; *descendant VmHWM* = highest VmHWM of any descendant process, sampled "
-                    "from /proc every 20 ms (a cross-check); `RUSAGE_CHILDREN` is shown but is not the kernel's "
-                    "peak: the sandboxed kernel is never reaped by the orchestrator (bwrap's pid-namespace init is "
-                    "SIGKILLed with the sandbox), and Linux charges a fork()ed child with the RSS it inherited "
-                    "from the parent before exec, so the figure tracks the orchestrator's own size at kernel "
-                    "launch. The PostgreSQL server's memory is not included. *wall* is a cold first run in a fresh "
-                    "process (imports excluded), not comparable with (b)'s warm medians; seed paths run on the "
-                    "seed subset.", "",
+                    "*base* = RSS after imports; *orchestrator peak* = the process's VmHWM at the end; *kernel "
+                    "peak* = the kernel's VmHWM, printed by one extra last cell appended to the notebook for this "
+                    "measurement; *descendant VmHWM* = the highest VmHWM of any descendant process, sampled from "
+                    "/proc every 20 ms (a cross-check of the kernel peak). `ru_maxrss` (SELF and CHILDREN) is shown "
+                    "but is not usable here: Linux keeps a process's maxrss across exec, so every process spawned "
+                    "by a big parent reports at least the parent's peak (each child here inherits the benchmark "
+                    "driver's, and `RUSAGE_CHILDREN` reports the orchestrator's size when it spawned bwrap, not the "
+                    "kernel's); and the sandboxed kernel is never reaped by the orchestrator anyway (bwrap's "
+                    "pid-namespace init is SIGKILLed with the sandbox). The PostgreSQL server's memory is not "
+                    "included. *wall* is a cold first run in a fresh process (imports excluded), not comparable "
+                    "with (b)'s warm medians; seed paths run on the seed subset.", "",
                     table(["path", "rows", "wall s (cold)", "base MB", "orchestrator peak MB", "kernel peak MB",
-                           "descendant VmHWM MB", "RUSAGE_CHILDREN MB"], rows), ""]
+                           "descendant VmHWM MB", "ru_maxrss SELF MB", "ru_maxrss CHILDREN MB"], rows), ""]
 
         # (d) ------------------------------------------------------------------------------------
         if "d" in args.sections:
@@ -1130,6 +1161,8 @@ def main() -> None:  # noqa: C901 - a linear script
 
             rows = [
                 row("dagster-bento (`dagster asset materialize -f`, bwrap)", "bento"),
+                row("dagster-bento, `BentoResource(html=False)` (no HTML copy of the executed notebook)",
+                    "bento-nohtml"),
                 row("dagstermill asset (`define_dagstermill_asset`, `ConfigurableLocalOutputNotebookIOManager`)",
                     "dagstermill"),
                 row("plain Python `@asset` doing the same work (floor)", "plain"),
@@ -1152,7 +1185,15 @@ def main() -> None:  # noqa: C901 - a linear script
                           rows), "",
                     f"* goal: dagster-bento − floor ≤ one papermill run: {gap:.2f} s vs {m['papermill']:.2f} s → "
                     f"{'PASS' if gap <= m['papermill'] else 'FAIL'}.",
-                    f"* dagster-bento vs dagstermill: {ratio(m['bento'], m['dagstermill'])}.", ""]
+                    f"* the same with `html=False`: {m['bento-nohtml'] - m['plain']:.2f} s vs {m['papermill']:.2f} s → "
+                    f"{'PASS' if m['bento-nohtml'] - m['plain'] <= m['papermill'] else 'FAIL'}.",
+                    f"* dagster-bento vs dagstermill: {ratio(m['bento'], m['dagstermill'])}.",
+                    f"* inside dagster-bento's step ({ph['bento']['step_s']:.2f} s): fetch "
+                    f"{ph['bento']['bento_fetch_s']:.2f} + execute {ph['bento']['bento_execute_s']:.2f} + upload "
+                    f"{ph['bento']['bento_upload_s']:.2f} (`dagster_bento/timings_s`); the remaining "
+                    f"{ph['bento']['step_s'] - sum(ph['bento'][k] for k in ('bento_fetch_s', 'bento_execute_s', 'bento_upload_s')):.2f} s "
+                    "are the step process's first run: lazy imports of the run stack and the first nbconvert HTML "
+                    "export (compare (a)'s warm *other*).", ""]
         out.append(f"_Total benchmark time {time.perf_counter() - t_start:.0f} s._")
     finally:
         with contextlib.suppress(Exception):

@@ -1,7 +1,8 @@
 """Runs end to end through Dagster: real kernel in the real sandbox, real DuckDB and PostgreSQL."""
 
-import glob
 import json
+import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -56,20 +57,24 @@ def query(url: str, sql: str) -> list[tuple]:
         return con.execute(sql).fetchall()
 
 
+_RUN_ROOT: list[str] = []  # set by the clean_run_dirs fixture: a private parent for run directories
+
+
+def resource_for(project: Path, url: str, **overrides) -> BentoResource:
+    overrides.setdefault("run_root", _RUN_ROOT[-1] if _RUN_ROOT else None)
+    return BentoResource(project_dir=str(project), warehouse_url=url, artifacts_dir=str(project / "artifacts"),
+                         **overrides)
+
+
 def run(project: Path, url: str, *, select: str | None = None, partition: str | None = None,
         raise_on_error: bool = True, instance=None, **overrides):
-    resource = BentoResource(project_dir=str(project), warehouse_url=url,
-                             artifacts_dir=str(project / "artifacts"), **overrides)
+    resource = resource_for(project, url, **overrides)
     defs = build_bento_definitions(project_dir=project, warehouse_url=url, resource=resource)
     multi = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
     if select:
         multi = [a for a in multi if a.op.name == select]
     return dg.materialize(multi, resources={"bento": resource}, partition_key=partition,
                           raise_on_error=raise_on_error, instance=instance)
-
-
-def run_dirs() -> set[str]:
-    return set(glob.glob(str(Path(tempfile.gettempdir()) / "bento-*")))
 
 
 def materializations(result) -> dict[str, dict]:
@@ -86,9 +91,16 @@ def passthrough_project(tmp_path: Path, source: str, out: str, **spec) -> Path:
 
 @pytest.fixture
 def clean_run_dirs():
-    before = run_dirs()
-    yield
-    assert run_dirs() == before, "a run directory was left behind"
+    """Runs get a private, short parent directory (Unix socket paths are limited to ~100 bytes); no run
+    may leave anything in it, success or failure."""
+    root = tempfile.mkdtemp(prefix="bt-", dir="/tmp")
+    _RUN_ROOT.append(root)
+    try:
+        yield root
+        assert os.listdir(root) == [], f"a run directory was left behind: {os.listdir(root)}"
+    finally:
+        _RUN_ROOT.remove(root)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -308,7 +320,7 @@ def test_sandbox_none_runs_with_a_loud_warning(tmp_path, clean_run_dirs):
 def test_notebook_changed_after_load_is_refused(tmp_path, clean_run_dirs):
     url = seed_duckdb(tmp_path / "wh.duckdb")
     project = passthrough_project(tmp_path, "raw.types", "mart.copy")
-    resource = BentoResource(project_dir=str(project), warehouse_url=url, artifacts_dir=str(project / "artifacts"))
+    resource = resource_for(project, url)
     defs = build_bento_definitions(project_dir=project, warehouse_url=url, resource=resource)
     add_notebook(tmp_path, "copy", [sql_cell("df", "SELECT id FROM raw.types"), code("out = df"),
                                     write_cell("out", "mart.copy")])
@@ -335,7 +347,7 @@ ZONES = {"ANALYTICS": {"permits": ["ANALYTICS"]}, "HEALTH": {"permits": ["HEALTH
 
 def test_label_changed_between_load_and_run_is_caught_before_fetch(tmp_path, clean_run_dirs):
     project, url = zoned_project(tmp_path, ZONES)
-    resource = BentoResource(project_dir=str(project), warehouse_url=url, artifacts_dir=str(project / "artifacts"))
+    resource = resource_for(project, url)
     defs = build_bento_definitions(project_dir=project, warehouse_url=url, resource=resource)  # loads fine
     write_policy(tmp_path, {"raw.types": ["ANALYTICS"], "raw.other": ["HEALTH"]}, zones=ZONES)  # reclassified
     multi = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
@@ -356,7 +368,7 @@ def test_blocked_upload_leaves_target_untouched(tmp_path, clean_run_dirs):
     con.close()
     tables = {"raw.types": ["ANALYTICS"], "raw.other": ["ANALYTICS"], "mart.z": ["ANALYTICS"]}
     write_policy(tmp_path, tables, zones=ZONES)
-    resource = BentoResource(project_dir=str(project), warehouse_url=url, artifacts_dir=str(project / "artifacts"))
+    resource = resource_for(project, url)
     defs = build_bento_definitions(project_dir=project, warehouse_url=url, resource=resource)
     # after load, raw.types gains a zone that mart.z's declared label lacks... and the notebook may read it
     zones = {**ZONES, "HEALTH": {"permits": ["HEALTH", "ANALYTICS"]}}
