@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -137,7 +138,12 @@ def test_end_to_end_two_sources_two_outputs(tmp_path, clean_run_dirs):
     lineage = meta["dagster/column_lineage"].column_lineage.deps_by_column
     assert [(d.asset_key.to_user_string(), d.column_name) for d in lineage["name"]] == [("raw/customers", "name")]
     executed = Path(meta["dagster_bento/executed_notebook"].path)
-    assert executed.exists() and executed.with_suffix(".html").exists()
+    assert executed.exists()
+    html = executed.with_suffix(".html")  # rendered by a detached process, so the run does not wait
+    deadline = time.time() + 60
+    while not html.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert "rows 2" in html.read_text()
     assert executed.parent == tmp_path / "artifacts" / "sales"
     nb = nbformat.read(executed, as_version=4)
     assert any("rows 2" in o.get("text", "") for c in nb.cells for o in c.get("outputs", []))

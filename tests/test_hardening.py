@@ -143,3 +143,24 @@ def test_kept_notebooks_cannot_run_script():
     assert "application/javascript" not in clean.cells[0].outputs[1].data
     assert "not kept" in clean.cells[0].outputs[1].data["text/plain"]
     assert nb.cells[0].outputs[1].data["application/javascript"] == "alert(1)"  # input untouched
+
+
+@pytest.mark.kernel
+def test_inputs_are_read_only_for_the_notebook(tmp_path):
+    url = seed_duckdb(tmp_path / "wh.duckdb")
+    write_policy(tmp_path, {"raw.types": ["ANALYTICS"]})
+    add_notebook(tmp_path, "ro", [
+        code("""
+            import os
+            attempts = {}
+            for name, attempt in [("write", lambda: open("inputs/x", "w")), ("rename", lambda: os.rename("inputs", "gone"))]:
+                try:
+                    attempt()
+                    attempts[name] = "ESCAPED"
+                except OSError as err:
+                    attempts[name] = type(err).__name__
+            assert "ESCAPED" not in attempts.values(), attempts"""),
+        sql_cell("df", "SELECT id FROM raw.types"), code("df['n'] = len(os.listdir('inputs'))"),
+        write_cell("df", "mart.ro")])
+    assert run(tmp_path, url).success
+    assert query(url, "SELECT DISTINCT n FROM mart.ro") == [(1,)]

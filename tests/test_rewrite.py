@@ -51,7 +51,7 @@ def test_rewrite_shape():
         'segment_customers = _bento_pd.read_parquet("inputs/segment_customers.parquet", dtype_backend="pyarrow")']
     assert "{{ segment }}" in sql[0].metadata["bento"]["original_source"]
     write = [c for c in cells if c.metadata.get("bento", {}).get("type") == "write"]
-    assert [c.source for c in write] == ['top.to_parquet("outputs/analytics.top_customers_automobile.parquet")']
+    assert [c.source for c in write] == ['_bento_write_parquet(top, "outputs/analytics.top_customers_automobile.parquet")']
     record = out.metadata["dagster_bento"]
     assert [r["cell"] for r in record["rewritten_cells"]] == [2, 4]
     assert record["parameters"]["segment"] == "AUTOMOBILE"

@@ -61,6 +61,16 @@ def _bento_write_csv(df, path):
 '''
 
 
+_PARQUET_HELPERS = '''\
+def _bento_write_parquet(df, path):
+    """df.to_parquet, with row groups DuckDB reads in parallel and dictionaries only for strings."""
+    import pyarrow as pa, pyarrow.parquet as pq
+    table = pa.Table.from_pandas(df)
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    pq.write_table(table, path, row_group_size=122_880, use_dictionary=strings or False)
+'''
+
+
 def input_path(output: str, fmt: Format) -> str:
     return f"inputs/{output}.{fmt}"
 
@@ -78,7 +88,7 @@ def _read_line(var: str, path: str, fmt: Format) -> str:
 def _write_line(var: str, path: str, fmt: Format) -> str:
     if fmt == "csv":
         return f'_bento_write_csv({var}, "{path}")'
-    return f'{var}.to_parquet("{path}")'
+    return f'_bento_write_parquet({var}, "{path}")'
 
 
 def _parameters_source(parameters: Mapping[str, Any]) -> str:
@@ -128,8 +138,7 @@ def rewrite_notebook(nb: NotebookNode, *, sql_cells: Sequence[tuple[int, str]],
             cell.outputs = []
             cell.execution_count = None
     setup_src = "import pandas as _bento_pd  # injected by dagster-bento: the SQL/write cells below use it"
-    if fmt == "csv":
-        setup_src += "\n\n" + _CSV_HELPERS
+    setup_src += "\n\n" + (_CSV_HELPERS if fmt == "csv" else _PARQUET_HELPERS)
     setup = nbformat.v4.new_code_cell(setup_src, metadata={"tags": [SETUP_TAG]})
     injected = nbformat.v4.new_code_cell(_parameters_source(parameters), metadata={"tags": [INJECTED_TAG]})
     # deterministic ids keep the rewrite idempotent and golden files stable

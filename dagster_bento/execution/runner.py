@@ -5,6 +5,8 @@ no credentials) → keep the executed notebook → check writes → upload (one 
 The run directory holding the data files is deleted whatever happens.
 """
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import hashlib
@@ -116,8 +118,15 @@ class BentoInvocation:
             run_dir = work_dir / "nb"  # the only directory the sandbox sees
             policy = self._policy()
             read_labels = self._check_reads(policy, job, warehouse)
-            fetched = self._fetch(job, warehouse, run_dir, fmt, timings)
-            executed = self._execute(job, run_dir, fmt, ds, timings)
+            # The kernel starts (~0.7 s) and runs the cells before the first SQL cell while the
+            # orchestrator fetches; a SQL cell's read line waits for the fetch.
+            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bento-fetch") as pool:
+                fetch = pool.submit(self._fetch, job, warehouse, run_dir, fmt, timings)
+                try:
+                    executed = self._execute(job, run_dir, fmt, ds, timings, fetch)
+                finally:
+                    concurrent.futures.wait([fetch])  # it writes into the run dir: never delete under it
+                fetched = fetch.result()
             files = collect_outputs(job, run_dir, work_dir / "collected", fmt)
             labels = self._check_writes(policy, job, warehouse, read_labels)
             if self.dry_run:
@@ -225,7 +234,8 @@ class BentoInvocation:
         timings.fetch_s = time.perf_counter() - start
         return fetched
 
-    def _execute(self, job: BentoJob, run_dir: Path, fmt: str, ds: str, timings: RunTimings) -> Path:
+    def _execute(self, job: BentoJob, run_dir: Path, fmt: str, ds: str, timings: RunTimings,
+                 fetch: "concurrent.futures.Future[Any]") -> Path:
         from dagster_bento.execution.sandbox import SandboxConfig, execute_notebook
 
         nb = rewrite_notebook(
@@ -242,13 +252,22 @@ class BentoInvocation:
                 job.spec.sandbox or self.resource.sandbox),  # type: ignore[arg-type]
             timeout_s=job.spec.timeout_seconds or self.resource.timeout_seconds,
             memory_limit_mb=job.spec.memory_limit_mb or self.resource.memory_limit_mb,
-            docker_image=self.resource.docker_image)
+            docker_image=self.resource.docker_image,
+            readonly_subdirs=("inputs",))  # written by the fetch while the kernel already runs
+        sql_cells = {c.index for c in job.sql_cells}
+
+        def wait_for_fetch(index: int) -> Any:
+            if original_index(nb, index) in sql_cells:
+                return asyncio.wrap_future(fetch)  # raises the fetch's error, if any
+            return None
+
         target = artifacts.artifact_path(self.resource.artifacts_path, job.name, self.context.run_id)
         start = time.perf_counter()
         try:
             executed = execute_notebook(nb, run_dir=run_dir, config=config, notebook_label=job.notebook_path,
                                         log=_DagsterLogAdapter(self.log),
-                                        cell_number=lambda index: original_index(nb, index))
+                                        cell_number=lambda index: original_index(nb, index),
+                                        before_cell=wait_for_fetch)
         except DagsterBentoRunError as err:
             partial = getattr(err, "executed_nb", None) or nb
             self.executed_notebook = artifacts.save(partial, target, html=self.resource.html)

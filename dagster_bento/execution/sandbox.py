@@ -36,6 +36,7 @@ import contextlib
 import copy
 import dataclasses
 import grp
+import inspect
 import json
 import logging
 import os
@@ -147,6 +148,10 @@ class SandboxConfig:
     startup_timeout_s: float = 60.0
     docker_image: str | None = None  # for backend="docker"
     extra_ro_binds: tuple[str, ...] = ()
+    # subdirectories of run_dir the kernel may read but not change (bound read-only on themselves, so
+    # they are mount points: the kernel can neither write into them nor swap them for a symlink while
+    # the orchestrator is still writing into them)
+    readonly_subdirs: tuple[str, ...] = ()
     tmp_size_mb: int | None = 1024  # size of the kernel's private /tmp (bwrap, docker)
     max_file_mb: int | None = 51200  # largest file the kernel may write (RLIMIT_FSIZE)
 
@@ -233,6 +238,8 @@ def _check_bwrap(config: SandboxConfig) -> None:
         state = probe_dir / STATE_DIR_NAME
         state.mkdir()
         _write_identity_files(state)
+        for sub in config.readonly_subdirs:
+            (probe_dir / sub).mkdir(parents=True, exist_ok=True)
         argv = [env, "-i", bwrap, *bwrap_args(config, probe_dir, state), "--", sys.executable, "-c", "pass"]
         try:
             proc = subprocess.run(argv, env={}, capture_output=True, text=True, timeout=30, check=False)
@@ -449,6 +456,8 @@ def bwrap_args(config: SandboxConfig, run_dir: Path, state_dir: Path) -> list[st
     # renamed or removed (EBUSY), so the kernel cannot swap it for a symlink that the
     # orchestrator's cleanup (jupyter_client removes connection.json and the ipc paths) would follow.
     args += ["--bind", state, state]
+    for sub in config.readonly_subdirs:
+        args += ["--ro-bind", str(run_dir / sub), str(run_dir / sub)]
     args += ["--remount-ro", "/", "--chdir", run]
     for key, value in _kernel_env(config, run_dir).items():
         args += ["--setenv", key, value]
@@ -530,7 +539,7 @@ def docker_container_kwargs(config: SandboxConfig, run_dir: Path, connection_fil
     if state != run and _is_under(state, [run]):
         # Pin the state dir (a mount point cannot be renamed or removed), as bwrap_args does.
         kwargs["volumes"][state] = {"bind": state, "mode": "rw"}
-    for path in config.extra_ro_binds:
+    for path in [*config.extra_ro_binds, *(str(run_dir / sub) for sub in config.readonly_subdirs)]:
         kwargs["volumes"][path] = {"bind": path, "mode": "ro"}
     if config.max_file_mb is not None:
         fsize = config.max_file_mb * 1024 * 1024
@@ -760,11 +769,14 @@ def execute_notebook(
     notebook_label: str,
     log: logging.Logger | None = None,
     cell_number: Callable[[int], int] | None = None,
+    before_cell: Callable[[int], Any] | None = None,
 ) -> NotebookNode:
     """Execute every code cell of ``nb`` in a sandboxed kernel whose cwd is ``run_dir``.
 
     ``cell_number`` maps an index of ``nb`` to the index the user knows (the rewrite inserts cells);
-    errors and messages use it.
+    errors and messages use it. ``before_cell(index)`` runs before each cell; it may return an
+    awaitable (e.g. to wait until the orchestrator has fetched that cell's input while the kernel was
+    already starting) and whatever it raises ends the run.
 
     Returns the executed copy (``nb`` itself is not modified). On failure raises a
     `DagsterBentoRunError` subclass with the partially executed notebook attached as
@@ -780,7 +792,8 @@ def execute_notebook(
         log.info(_describe_run(config, notebook_label))
         state = _prepare_state_dir(config, run_dir, notebook_label)
         try:
-            _run_sync(_execute(executed, run_dir, state, config, notebook_label, cell_number or (lambda i: i)))
+            _run_sync(_execute(executed, run_dir, state, config, notebook_label, cell_number or (lambda i: i),
+                               before_cell))
         finally:
             _remove_state_dir(state)
     except DagsterBentoRunError as e:
@@ -812,13 +825,17 @@ def _check_before_run(config: SandboxConfig, run_dir: Path, label: str) -> None:
 
 async def _execute(
     nb: NotebookNode, run_dir: Path, state: Path, config: SandboxConfig, label: str,
-    cell_number: Callable[[int], int],
+    cell_number: Callable[[int], int], before_cell: Callable[[int], Any] | None = None,
 ) -> None:
     progress = _Progress()
 
-    def on_cell_execute(cell: NotebookNode, cell_index: int) -> None:
+    async def on_cell_execute(cell: NotebookNode, cell_index: int) -> None:
         progress.cell = cell_index
         progress.shown = cell_number(cell_index)
+        if before_cell is not None:
+            waiting = before_cell(cell_index)
+            if inspect.isawaitable(waiting):
+                await waiting
 
     def on_notebook_start(notebook: NotebookNode) -> None:
         progress.kernel_ready = True
