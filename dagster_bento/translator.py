@@ -6,7 +6,6 @@ automatically.
 """
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -111,7 +110,3 @@ def column_lineage_for(job: BentoJob, columns: Mapping[str, str], translator: Da
                 deps[col] = [dg.TableColumnDep(asset_key=translator.get_asset_key(t), column_name=c)
                              for t, c in sources]
     return dg.TableColumnLineage(deps_by_column=deps) if deps else None
-
-
-def dumps_job_ref(job: BentoJob) -> str:
-    return json.dumps({"schedule": job.name, "notebook": job.notebook_path})
