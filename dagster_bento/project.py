@@ -217,18 +217,24 @@ def load_project(project_dir: Path | str, *, schema: Mapping[str, Mapping[str, s
         problems.extend(nb_problems)
         if is_draft:
             drafts.append(display)
-    if cache:
-        cache.save()
     problems += _cross_job_problems(jobs)
     computed: dict[str, frozenset[str]] = {}
     if policy is not None and jobs:
-        zone_problems, computed = _zone_problems(policy, jobs, stored_labels or {}, config.strict_zones)
+        zone_key = _zone_check_key(project_dir, jobs, stored_labels or {}, config.strict_zones)
+        cached_zones = cache.get_key(zone_key) if cache else None
+        if cached_zones is None:
+            cached_zones = _zone_problems(policy, jobs, stored_labels or {}, config.strict_zones)
+            if cache:
+                cache.put_key(zone_key, cached_zones)
+        zone_problems, computed = cached_zones
         problems += zone_problems
     elif policy is None and jobs:
         problems.append(Problem(POLICY_FILE, None, "PZ009",
                                 f"no {POLICY_FILE} at the project root: purpose zones are not enforced. Add one "
                                 "(see README 'Purpose zones') before scheduling notebooks that read governed data",
                                 severity="warning"))
+    if cache:
+        cache.save()
     return BentoProject(project_dir, config, default_schema, dialect, tuple(notebooks), tuple(jobs),
                         tuple(drafts), policy, tuple(sorted(set(problems))), computed)
 
@@ -429,6 +435,18 @@ def zone_jobs(jobs: Sequence[BentoJob]) -> list[Any]:
             for j in jobs]
 
 
+def _zone_check_key(project_dir: Path, jobs: Sequence[BentoJob], stored: Mapping[str, frozenset[str]],
+                    strict: bool) -> str:
+    """Everything the (pure) zone check depends on: the policy file and each job's zone, reads, writes."""
+    h = hashlib.sha256((project_dir / POLICY_FILE).read_bytes())
+    h.update(json.dumps([[j.name, j.notebook_path, j.zone, j.tables_read, [(w.index, w.table, w.mode)
+                                                                            for w in j.write_cells],
+                          [(c.index, c.tables) for c in j.sql_cells]] for j in jobs]).encode())
+    h.update(json.dumps({k: sorted(v) for k, v in sorted(stored.items())}).encode())
+    h.update(b"strict" if strict else b"lenient")
+    return f"zones:{h.hexdigest()}"
+
+
 def _zone_problems(policy: Any, jobs: Sequence[BentoJob], stored: Mapping[str, frozenset[str]],
                    strict: bool) -> tuple[list[Problem], dict[str, frozenset[str]]]:
     violations, computed = zones.check_jobs(policy, zone_jobs(jobs), stored=stored, strict=strict)
@@ -489,6 +507,15 @@ class _Cache:
 
     def put(self, nb: Path, spec: Path, value: Any) -> None:
         self.entries[self._key(nb, spec)] = value
+        self.dirty = True
+
+    def get_key(self, key: str) -> Any:
+        self.used.add(key)
+        return self.entries.get(key)
+
+    def put_key(self, key: str, value: Any) -> None:
+        self.entries[key] = value
+        self.used.add(key)
         self.dirty = True
 
     def save(self) -> None:

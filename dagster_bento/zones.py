@@ -818,7 +818,7 @@ def load_policy(path: Path, *, notebooks: Collection[str] | None = None) -> Purp
             [_policy_violation(source, f"cannot read the policy file ({reason})")]
         ) from err
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml when present
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or type(err).__name__
