@@ -258,8 +258,14 @@ def cell_times(path: Any) -> dict[str, float]:
         elif pm.get("start_time") and pm.get("end_time"):
             spans.append((ts(pm["start_time"]), ts(pm["end_time"]), cell.source))
     out = {"cells_s": max(e for _, e, _ in spans) - min(s for s, _, _ in spans) if spans else float("nan")}
-    for key, needle in (("import_s", "import pandas"), ("read_s", "read_parquet("), ("write_s", ".to_parquet(")):
-        out[key] = sum(e - s for s, e, src in spans if needle in src)
+    matchers = {
+        "import_s": lambda src: "import pandas" in src,
+        "read_s": lambda src: "read_parquet(" in src and "def " not in src,
+        # the rewrite's write line calls the setup cell's helper; papermill's notebook calls to_parquet
+        "write_s": lambda src: src.lstrip().startswith("_bento_write_parquet(") or ".to_parquet(" in src,
+    }
+    for key, matches in matchers.items():
+        out[key] = sum(e - s for s, e, src in spans if matches(src))
     return out
 
 
