@@ -810,3 +810,15 @@ def test_tmp_size_limit(run_dir: Path) -> None:
     assert int(_stdout(e.executed_nb.cells[0])) == 8 * 1024 * 1024  # type: ignore[attr-defined]
     assert e.cell == 1 and "No space left on device" in (e.evalue or "")
     assert "8 MB" in str(e) and "tmp_size_mb" in str(e)
+
+
+def test_python_roots_are_bound_over_the_private_tmp(tmp_path):
+    """A checkout (with its .venv) under /tmp must stay visible: binds after --tmpfs /tmp win."""
+    import sys as _sys
+
+    from dagster_bento.execution import sandbox as sb
+
+    args = sb.bwrap_args(sb.SandboxConfig(), tmp_path, tmp_path / ".bento-kernel")
+    tmpfs = args.index("/tmp", args.index("--tmpfs"))
+    venv = [i for i, a in enumerate(args) if a == "--ro-bind" and args[i + 1] == _sys.prefix]
+    assert venv and venv[0] > tmpfs

@@ -442,16 +442,19 @@ def bwrap_args(config: SandboxConfig, run_dir: Path, state_dir: Path) -> list[st
         *_system_mounts(),
         *_etc_mounts(state_dir),
     ]
+    run, state = str(run_dir), str(state_dir)
+    args += ["--dev", "/dev", "--proc", "/proc"]
+    if config.tmp_size_mb is not None:
+        args += ["--size", str(config.tmp_size_mb * 1024 * 1024)]  # applies to the next --tmpfs
+    args += ["--tmpfs", "/tmp"]
+    # The Python installation and the virtualenv go on top of the private /tmp: a checkout (and its
+    # .venv) may itself live under /tmp, which the tmpfs would otherwise hide.
     bound: list[str] = []
     for root in [*_python_roots(), *config.extra_ro_binds]:
         if root not in bound:
             bound.append(root)
             args += ["--ro-bind", root, root]
-    run, state = str(run_dir), str(state_dir)
-    args += ["--dev", "/dev", "--proc", "/proc"]
-    if config.tmp_size_mb is not None:
-        args += ["--size", str(config.tmp_size_mb * 1024 * 1024)]  # applies to the next --tmpfs
-    args += ["--tmpfs", "/tmp", "--bind", run, run]
+    args += ["--bind", run, run]
     # The state dir again, on itself: inside the sandbox it is now a mount point, which cannot be
     # renamed or removed (EBUSY), so the kernel cannot swap it for a symlink that the
     # orchestrator's cleanup (jupyter_client removes connection.json and the ipc paths) would follow.
