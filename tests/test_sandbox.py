@@ -186,7 +186,11 @@ def _escape_probes(p: dict[str, object]) -> dict[str, str]:
         ),
         "write_project_dir": body(
             "write_project_dir",
-            f"    open({p['project_escape']!r}, 'w').write('escaped')\n    return 'written'",
+            # if the checkout lives under /tmp, bwrap makes an empty stand-in for it on the private tmpfs
+            # (the .venv mount point): a write there is not a write to the host's project directory
+            f"    open({p['project_escape']!r}, 'w').write('escaped')\n"
+            f"    assert os.path.exists({p['pyproject']!r}), 'only a private stand-in of the directory'\n"
+            "    return 'written'",
         ),
         "write_host_dir_outside_run_dir": body(
             "write_host_dir_outside_run_dir",
@@ -196,7 +200,8 @@ def _escape_probes(p: dict[str, object]) -> dict[str, str]:
         "read_warehouse_file": body("read_warehouse_file", f"    return open({p['warehouse']!r}, 'rb').read(16)"),
         "list_project_dir": body(
             "list_project_dir",
-            f"    names = sorted(set(os.listdir({p['project']!r})) - {{'.venv'}})\n    assert names, 'only .venv'\n    return names",
+            f"    names = sorted(n for n in set(os.listdir({p['project']!r})) - {{'.venv'}} if not n.startswith('escape-'))\n"
+            "    assert names, 'only .venv'\n    return names",
         ),
         "read_etc_shadow": body("read_etc_shadow", "    return open('/etc/shadow').read()[:20]"),
         "list_root_home": body(
