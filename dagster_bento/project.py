@@ -208,7 +208,11 @@ def load_project(project_dir: Path | str, *, schema: Mapping[str, Mapping[str, s
         spec_file = spec_path_for(path)
         cached = cache.get(path, spec_file) if cache else None
         if cached is None:
-            cached = _load_one(path, display, spec_file, project_dir, default_schema, dialect, schema)
+            parsed_nb, nb_jobs_, nb_problems_, draft_ = _load_one(path, display, spec_file, project_dir,
+                                                                  default_schema, dialect, schema)
+            # the project keeps what the checks found, not the cells: the run re-reads the notebook
+            cached = (dataclasses.replace(parsed_nb, code_cells=(), sql_cells=(), write_cells=()),
+                      nb_jobs_, nb_problems_, draft_)
             if cache:
                 cache.put(path, spec_file, cached)
         parsed, nb_jobs, nb_problems, is_draft = cached
