@@ -400,6 +400,10 @@ def test_log_mode_zone_records_violation_and_finishes(tmp_path, clean_run_dirs):
     assert violation["code"] == "PZ001" and violation["enforced"] is False and violation["table"] == "raw.other"
     labels = query(url, "SELECT zones FROM bento_meta.table_labels WHERE table_name = 'mart.z'")
     assert json.loads(labels[0][0]) == ["ANALYTICS", "BETA"]
+    complete = json.loads((tmp_path / "artifacts" / "openlineage.jsonl").read_text().splitlines()[-1])
+    check = complete["run"]["facets"]["dagsterBento_zoneCheck"]
+    assert complete["eventType"] == "COMPLETE" and check["blocked"] is False
+    assert [v["code"] for v in check["violations"]] == ["PZ001"]
 
 
 # ------------------------------------------------------------------------------------------------

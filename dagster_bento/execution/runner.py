@@ -113,7 +113,8 @@ class BentoInvocation:
             emitter = self._emitter(warehouse)
             emitter.start(run_id=run_id, job_name=job.name, notebook_path=job.notebook_path,
                           notebook_zone=job.zone, inputs=inputs, sql=[c.sql for c in job.sql_cells],
-                          parameters={**job.display_parameters, "ds": ds}, nominal_time=_nominal(ds))
+                          parameters={**job.display_parameters, "ds": ds}, nominal_time=_nominal(ds),
+                          owners=job.owners)
             work_dir = self._make_work_dir(run_id)
             run_dir = work_dir / "nb"  # the only directory the sandbox sees
             policy = self._policy()
@@ -140,7 +141,7 @@ class BentoInvocation:
             if emitter is not None:
                 violation = err.metadata.get("violation") if isinstance(err, DagsterBentoError) else None
                 emitter.fail(run_id=run_id, job_name=job.name, inputs=inputs, error_message=str(err),
-                             violation=getattr(violation, "data", violation),
+                             violation=getattr(violation, "data", violation), violations=self._logged,
                              stack_trace="".join(traceback.format_exception(err))[-4000:])
             raise
         finally:
@@ -154,7 +155,7 @@ class BentoInvocation:
                    for u in uploaded]
         emitter.complete(run_id=run_id, job_name=job.name,
                          inputs=[LineageDataset(t, zones=read_labels.get(t)) for t in job.tables_read],
-                         outputs=outputs)
+                         outputs=outputs, violations=self._logged)  # log-mode violations, in the zone facet
         return [self._result(job, u, labels, fetched, executed, timings, ds) for u in uploaded]
 
     def _job_for_run(self, ds: str) -> BentoJob:
@@ -265,7 +266,7 @@ class BentoInvocation:
         start = time.perf_counter()
         try:
             executed = execute_notebook(nb, run_dir=run_dir, config=config, notebook_label=job.notebook_path,
-                                        log=_DagsterLogAdapter(self.log),
+                                        log=self.log,
                                         cell_number=lambda index: original_index(nb, index),
                                         before_cell=wait_for_fetch)
         except DagsterBentoRunError as err:
@@ -422,13 +423,3 @@ def _ol_column_lineage(job: BentoJob, uploaded: Any) -> dict[str, list[tuple[str
             if col in names:
                 out.setdefault(col, list(deps))
     return out
-
-
-class _DagsterLogAdapter:
-    """nbclient/sandbox expect a `logging.Logger`-like object; Dagster's context.log is close enough."""
-
-    def __init__(self, log: Any):
-        self._log = log
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._log, name)
