@@ -2,7 +2,8 @@
 
 ``inspect NOTEBOOK`` shows what a notebook declares; ``check [PROJECT_DIR]`` lists every static problem
 (exit 1 when there is an error); ``graph`` prints the asset graph; ``seed-example`` loads the TPC-H
-sample into a warehouse. ``--json`` output is a stable contract (see README).
+sample into a warehouse; ``schedule`` proposes a reviewed schedule; ``kernel-pool`` keeps sandboxed
+kernels started ahead of runs. ``--json`` output is a stable contract (see README).
 """
 
 import argparse
@@ -182,6 +183,50 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kernel_pool(args: argparse.Namespace) -> int:
+    import logging
+    import os
+    from types import SimpleNamespace
+
+    from dagster_bento.execution.pool import (
+        DEFAULT_PRELOAD, KernelPoolServer, PoolError, pool_status, wait_until_ready,
+    )
+    from dagster_bento.project import load_config
+    from dagster_bento.resources import BentoResource
+
+    project_dir = Path(args.project_dir).resolve()
+    config, problems = load_config(project_dir)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    resource = BentoResource.for_project(SimpleNamespace(project_dir=project_dir, config=config), warehouse_url="")
+    socket_path = Path(args.socket) if args.socket else resource.kernel_pool_socket
+    if socket_path is None:
+        print("kernel_pool is off for this project (bento.yaml or BENTO_KERNEL_POOL); pass --socket to serve "
+              "anyway", file=sys.stderr)
+        return 2
+    try:
+        if args.status or args.wait_ready is not None:
+            status = (wait_until_ready(socket_path, count=args.size or 1, timeout_s=args.wait_ready)
+                      if args.wait_ready is not None else pool_status(socket_path))
+            print(json.dumps(status, indent=2))
+            return 0
+        sandbox = resource.sandbox_config()
+        if sandbox.backend != "bwrap":
+            print(f"the kernel pool serves bwrap-sandboxed kernels; this project runs sandbox={sandbox.backend}",
+                  file=sys.stderr)
+            return 2
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        preload = tuple(m for m in args.preload.split(",") if m) if args.preload is not None else DEFAULT_PRELOAD
+        server = KernelPoolServer(sandbox, socket_path=socket_path, size=args.size or 1, run_root=resource.run_root,
+                                  preload=preload, idle_exit_s=args.idle_exit)
+        print(f"kernel pool for {project_dir}: {socket_path} (pid {os.getpid()}; Ctrl-C stops it)", flush=True)
+        server.serve_forever()
+    except (PoolError, OSError) as err:
+        print(f"kernel pool: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dagster-bento", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,6 +262,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-trial", action="store_true")
     p.add_argument("--no-git", action="store_true")
     p.set_defaults(func=cmd_schedule)
+    p = sub.add_parser("kernel-pool", help="keep sandboxed kernels started and warm for this project's runs "
+                                           "(each kernel serves one run, then is killed)")
+    p.add_argument("project_dir", nargs="?", default=".")
+    p.add_argument("--size", type=int, default=None, help="kernels kept ready (default 1)")
+    p.add_argument("--socket", default=None, help="socket path (default: the project's, found by runs "
+                                                  "with kernel_pool: auto)")
+    p.add_argument("--preload", default=None,
+                   help="comma-separated modules each kernel imports ahead of time (default: "
+                        "pandas,pyarrow,pyarrow.parquet; '' for none)")
+    p.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
+                   help="stop after this long without a run")
+    p.add_argument("--status", action="store_true", help="print the running pool's status and exit")
+    p.add_argument("--wait-ready", type=float, default=None, metavar="SECONDS",
+                   help="wait until the running pool has --size ready kernels, print its status and exit")
+    p.set_defaults(func=cmd_kernel_pool)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -42,7 +42,7 @@ CACHE_VERSION = "3"
 STATIC_DS = "2000-01-01"
 _CONFIG_KEYS = {"warehouse_url", "default_schema", "dialect", "artifacts_dir", "sandbox", "data_format",
                 "timeout_seconds", "memory_limit_mb", "lineage", "strict_zones", "notebooks_dir", "notifications",
-                "introspect_schema"}
+                "introspect_schema", "kernel_pool"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +62,7 @@ class ProjectConfig:
     notebooks_dir: str = NOTEBOOKS_DIR
     notifications: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     introspect_schema: bool = False  # read column names/types from the warehouse at load (for lineage)
+    kernel_pool: str = "auto"  # pre-started kernels: auto (the project's pool if running), a socket path, off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +117,12 @@ def load_config(project_dir: Path) -> tuple[ProjectConfig, list[Problem]]:
             problems.append(Problem(CONFIG_FILE, None, "BENTO009",
                                     f"{key} is {known[key]!r}; use one of {', '.join(allowed)}"))
             del known[key]
+    if isinstance(known.get("kernel_pool"), bool):  # YAML reads `off`/`on` as booleans
+        known["kernel_pool"] = "auto" if known["kernel_pool"] else "off"
+    elif "kernel_pool" in known and not isinstance(known["kernel_pool"], str):
+        problems.append(Problem(CONFIG_FILE, None, "BENTO009",
+                                "kernel_pool must be auto, off or the path of a kernel pool socket"))
+        del known["kernel_pool"]
     return ProjectConfig(**known), problems
 
 

@@ -33,6 +33,10 @@ class BentoResource(dg.ConfigurableResource):
     lineage_file: str | None = Field(default=None, description="OpenLineage JSONL file; default "
                                                                "<artifacts_dir>/openlineage.jsonl.")
     html: bool = Field(default=True, description="Also keep an HTML rendering of each executed notebook.")
+    kernel_pool: str = Field(default="auto",
+                             description="Pre-started kernels (`dagster-bento kernel-pool`): 'auto' uses the "
+                                         "project's pool if one is running, a socket path uses that pool, "
+                                         "'off' always starts a kernel per run.")
 
     @classmethod
     def for_project(cls, project: Any, *, warehouse_url: str) -> "BentoResource":
@@ -47,12 +51,37 @@ class BentoResource(dg.ConfigurableResource):
             lineage_transport=os.environ.get("BENTO_LINEAGE_TRANSPORT", lineage.get("transport", "file")),
             lineage_url=os.environ.get("BENTO_LINEAGE_URL", lineage.get("url")),
             lineage_file=lineage.get("file"),
+            kernel_pool=os.environ.get("BENTO_KERNEL_POOL", str(config.kernel_pool)),
         )
 
     @property
     def artifacts_path(self) -> Path:
         path = Path(self.artifacts_dir)
         return path if path.is_absolute() else Path(self.project_dir) / path
+
+    @property
+    def kernel_pool_socket(self) -> Path | None:
+        """Where to ask for a pre-started kernel, or None when the pool is off."""
+        if self.kernel_pool in ("off", "false", "False", "none", ""):
+            return None
+        if self.kernel_pool == "auto":
+            from dagster_bento.execution.pool import default_socket_path
+
+            return default_socket_path(self.project_dir)
+        return Path(self.kernel_pool)
+
+    def sandbox_config(self, spec: Any = None) -> Any:
+        """The sandbox of a run; ``spec`` (a notebook's schedule spec) may pick bwrap or docker and set
+        its own limits, but only the operator (this resource, ``BENTO_SANDBOX``) can say none."""
+        from dagster_bento.execution.sandbox import SandboxConfig
+
+        backend = self.sandbox if self.sandbox == "none" else ((spec and spec.sandbox) or self.sandbox)
+        return SandboxConfig(
+            backend=backend,  # type: ignore[arg-type]
+            timeout_s=(spec and spec.timeout_seconds) or self.timeout_seconds,
+            memory_limit_mb=(spec and spec.memory_limit_mb) or self.memory_limit_mb,
+            docker_image=self.docker_image,
+            readonly_subdirs=("inputs",))  # written by the fetch while the kernel already runs
 
     def run(self, *, context: dg.AssetExecutionContext, job: BentoJob) -> "Any":
         from dagster_bento.execution.runner import BentoInvocation

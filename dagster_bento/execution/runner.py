@@ -116,19 +116,27 @@ class BentoInvocation:
                           parameters={**job.display_parameters, "ds": ds}, nominal_time=_nominal(ds),
                           owners=job.owners)
             work_dir = self._make_work_dir(run_id)
-            run_dir = work_dir / "nb"  # the only directory the sandbox sees
             policy = self._policy()
             read_labels = self._check_reads(policy, job, warehouse)
-            # The kernel starts (~0.7 s) and runs the cells before the first SQL cell while the
-            # orchestrator fetches; a SQL cell's read line waits for the fetch.
-            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bento-fetch") as pool:
-                fetch = pool.submit(self._fetch, job, warehouse, run_dir, fmt, timings)
-                try:
-                    executed = self._execute(job, run_dir, fmt, ds, timings, fetch)
-                finally:
-                    concurrent.futures.wait([fetch])  # it writes into the run dir: never delete under it
-                fetched = fetch.result()
-            files = collect_outputs(job, run_dir, work_dir / "collected", fmt)
+            config = self.resource.sandbox_config(job.spec)
+            lease = self._lease_kernel(config, job)
+            # the only directory the sandbox sees: the pooled kernel's, or one in this run's work dir
+            run_dir = lease.run_dir if lease is not None else work_dir / "nb"
+            try:
+                # The kernel starts (~0.7 s; already running if it came from the pool) and runs the
+                # cells before the first SQL cell while the orchestrator fetches; a SQL cell's read
+                # line waits for the fetch.
+                with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bento-fetch") as pool:
+                    fetch = pool.submit(self._fetch, job, warehouse, run_dir, fmt, timings)
+                    try:
+                        executed = self._execute(job, run_dir, fmt, ds, timings, fetch, config, lease)
+                    finally:
+                        concurrent.futures.wait([fetch])  # it writes into the run dir: never delete under it
+                    fetched = fetch.result()
+                files = collect_outputs(job, run_dir, work_dir / "collected", fmt)
+            finally:
+                if lease is not None:
+                    lease.release()  # the pool kills the kernel and deletes its directory
             labels = self._check_writes(policy, job, warehouse, read_labels)
             if self.dry_run:
                 self.trial_outputs = [_describe_file(table, path, fmt, labels.get(table))
@@ -235,9 +243,24 @@ class BentoInvocation:
         timings.fetch_s = time.perf_counter() - start
         return fetched
 
+    def _lease_kernel(self, config: Any, job: BentoJob) -> Any:
+        """A pre-started kernel from the project's kernel pool, if one is running and matches ``config``."""
+        socket_path = self.resource.kernel_pool_socket
+        if socket_path is None or config.backend != "bwrap":
+            return None
+        from dagster_bento.execution.pool import lease_kernel
+
+        lease, reason = lease_kernel(socket_path, config, label=f"{job.name} (run {self.context.run_id[:8]})")
+        if lease is not None:
+            self.log.info(f"using a pre-started kernel from the kernel pool at {socket_path} "
+                          f"(ready for {lease.ready_s:.0f} s)")
+        elif self.resource.kernel_pool != "auto" or os.path.lexists(socket_path):
+            self.log.info(f"{reason}; starting a kernel for this run")
+        return lease
+
     def _execute(self, job: BentoJob, run_dir: Path, fmt: str, ds: str, timings: RunTimings,
-                 fetch: "concurrent.futures.Future[Any]") -> Path:
-        from dagster_bento.execution.sandbox import SandboxConfig, execute_notebook
+                 fetch: "concurrent.futures.Future[Any]", config: Any, lease: Any) -> Path:
+        from dagster_bento.execution.sandbox import execute_notebook
 
         nb = rewrite_notebook(
             self._source_nb, sql_cells=[(c.index, c.output) for c in job.sql_cells],
@@ -247,14 +270,6 @@ class BentoInvocation:
             parameters_cell=job.parameters_cell, fmt=fmt,  # type: ignore[arg-type]
             run_info={"schedule": job.name, "run_id": self.context.run_id, "notebook": job.notebook_path,
                       "code_version": job.code_version})
-        config = SandboxConfig(
-            # a spec may pick bwrap or docker; only the operator (resource / BENTO_SANDBOX) can say none
-            backend=self.resource.sandbox if self.resource.sandbox == "none" else (
-                job.spec.sandbox or self.resource.sandbox),  # type: ignore[arg-type]
-            timeout_s=job.spec.timeout_seconds or self.resource.timeout_seconds,
-            memory_limit_mb=job.spec.memory_limit_mb or self.resource.memory_limit_mb,
-            docker_image=self.resource.docker_image,
-            readonly_subdirs=("inputs",))  # written by the fetch while the kernel already runs
         sql_cells = {c.index for c in job.sql_cells}
 
         def wait_for_fetch(index: int) -> Any:
@@ -268,7 +283,7 @@ class BentoInvocation:
             executed = execute_notebook(nb, run_dir=run_dir, config=config, notebook_label=job.notebook_path,
                                         log=self.log,
                                         cell_number=lambda index: original_index(nb, index),
-                                        before_cell=wait_for_fetch)
+                                        before_cell=wait_for_fetch, lease=lease)
         except DagsterBentoRunError as err:
             partial = getattr(err, "executed_nb", None) or nb
             self.executed_notebook = artifacts.save(partial, target, html=self.resource.html)

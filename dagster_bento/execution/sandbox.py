@@ -773,6 +773,7 @@ def execute_notebook(
     log: logging.Logger | None = None,
     cell_number: Callable[[int], int] | None = None,
     before_cell: Callable[[int], Any] | None = None,
+    lease: Any = None,
 ) -> NotebookNode:
     """Execute every code cell of ``nb`` in a sandboxed kernel whose cwd is ``run_dir``.
 
@@ -780,6 +781,10 @@ def execute_notebook(
     errors and messages use it. ``before_cell(index)`` runs before each cell; it may return an
     awaitable (e.g. to wait until the orchestrator has fetched that cell's input while the kernel was
     already starting) and whatever it raises ends the run.
+
+    ``lease``: a `pool.KernelLease` whose pre-started kernel (already sandboxed with ``config``'s
+    settings, cwd ``run_dir``) runs the notebook instead of a new one; it is killed at the end all the
+    same, and its state directory belongs to the pool.
 
     Returns the executed copy (``nb`` itself is not modified). On failure raises a
     `DagsterBentoRunError` subclass with the partially executed notebook attached as
@@ -793,12 +798,18 @@ def execute_notebook(
         if config.backend == "none":
             log.warning(NONE_BACKEND_WARNING)
         log.info(_describe_run(config, notebook_label))
-        state = _prepare_state_dir(config, run_dir, notebook_label)
-        try:
-            _run_sync(_execute(executed, run_dir, state, config, notebook_label, cell_number or (lambda i: i),
-                               before_cell))
-        finally:
-            _remove_state_dir(state)
+        if lease is not None:
+            if lease.run_dir.resolve() != run_dir:
+                raise ValueError(f"run_dir {run_dir} is not the leased kernel's {lease.run_dir}")
+            _run_sync(_execute(executed, run_dir, config, notebook_label, cell_number or (lambda i: i),
+                               before_cell, lease=lease))
+        else:
+            state = _prepare_state_dir(config, run_dir, notebook_label)
+            try:
+                _run_sync(_execute(executed, run_dir, config, notebook_label, cell_number or (lambda i: i),
+                                   before_cell, state=state))
+            finally:
+                _remove_state_dir(state)
     except DagsterBentoRunError as e:
         # Every run error carries the notebook as far as it got (unexecuted if the kernel never ran).
         e.executed_nb = executed  # type: ignore[attr-defined]
@@ -827,8 +838,9 @@ def _check_before_run(config: SandboxConfig, run_dir: Path, label: str) -> None:
 
 
 async def _execute(
-    nb: NotebookNode, run_dir: Path, state: Path, config: SandboxConfig, label: str,
-    cell_number: Callable[[int], int], before_cell: Callable[[int], Any] | None = None,
+    nb: NotebookNode, run_dir: Path, config: SandboxConfig, label: str,
+    cell_number: Callable[[int], int], before_cell: Callable[[int], Any] | None = None, *,
+    state: Path | None = None, lease: Any = None,
 ) -> None:
     progress = _Progress()
 
@@ -843,7 +855,11 @@ async def _execute(
     def on_notebook_start(notebook: NotebookNode) -> None:
         progress.kernel_ready = True
 
-    km = _make_kernel_manager(config, run_dir, state)
+    if lease is not None:
+        km = lease.kernel_manager()
+    else:
+        assert state is not None
+        km = _make_kernel_manager(config, run_dir, state)
     docker_provisioner = km.provisioner if isinstance(km.provisioner, _DockerProvisioner) else None
     client = NotebookClient(
         nb,
@@ -863,6 +879,14 @@ async def _execute(
     # The kernel's stderr: an unnamed file in the orchestrator's temp dir, never a path the sandbox
     # can see or replace (a symlink there would make the orchestrator read any file, a FIFO hang it).
     with tempfile.TemporaryFile(prefix="bento-kernel-log-") as kernel_log:
+
+        def read_log() -> str:
+            if lease is not None:  # the pool started the kernel and holds its stderr
+                return str(lease.log_tail())
+            if docker_provisioner is not None:
+                return docker_provisioner.log_tail()
+            return _log_tail(kernel_log)
+
         # env={}: belt and braces with the argv's `env -i`. stdout only carries ipykernel's banner.
         run = client.async_execute(env={}, stdout=subprocess.DEVNULL, stderr=kernel_log)
         task = asyncio.ensure_future(run)
@@ -879,11 +903,11 @@ async def _execute(
                 raise _cell_timeout(config, label, progress) from e
             except DeadKernelError as e:
                 exit_status = await _exit_status(km)
-                raise _kernel_died(km, config, label, progress, exit_status, kernel_log) from e
+                raise _kernel_died(km, config, label, progress, exit_status, read_log) from e
             except RuntimeError as e:
                 if progress.kernel_ready:
                     raise
-                raise await _startup_error(e, km, config, label, kernel_log) from e
+                raise await _startup_error(e, km, config, label, read_log) from e
             except OSError as e:
                 if progress.kernel_ready:
                     raise
@@ -1029,7 +1053,7 @@ def _kernel_died(
     label: str,
     progress: _Progress,
     status: int | None,
-    kernel_log: IO[bytes],
+    read_log: Callable[[], str],
 ) -> DagsterBentoKernelDiedError:
     prov = km.provisioner
     oom = isinstance(prov, _DockerProvisioner) and prov.oom_killed()
@@ -1043,17 +1067,16 @@ def _kernel_died(
         message += "."
     if config.memory_limit_mb is not None:
         message += " Raise SandboxConfig.memory_limit_mb if the cell needs more memory."
-    tail = prov.log_tail() if isinstance(prov, _DockerProvisioner) else _log_tail(kernel_log)
+    tail = read_log()
     if tail:
         message += f"\nLast kernel output:\n{tail}"
     return DagsterBentoKernelDiedError(message, notebook=label, cell=progress.shown)
 
 
 async def _startup_error(
-    e: RuntimeError, km: AsyncKernelManager, config: SandboxConfig, label: str, kernel_log: IO[bytes]
+    e: RuntimeError, km: AsyncKernelManager, config: SandboxConfig, label: str, read_log: Callable[[], str]
 ) -> DagsterBentoRunError:
-    prov = km.provisioner
-    tail = prov.log_tail() if isinstance(prov, _DockerProvisioner) else _log_tail(kernel_log)
+    tail = read_log()
     detail = f"\nKernel output:\n{tail}" if tail else ""
     if "didn't respond" in str(e):
         return DagsterBentoTimeoutError(

@@ -1,0 +1,650 @@
+"""A pool of pre-started, pre-warmed sandboxed kernels, lent to runs over a Unix socket.
+
+Why: every Dagster run is a fresh process, and a cold sandboxed kernel (bwrap + Python + ipykernel)
+plus ``import pandas`` costs about a second per run, more than moving a million rows. A long-lived
+``dagster-bento kernel-pool`` process starts kernels ahead of time, each in the same sandbox a run
+would start itself (`sandbox.kernel_argv`: same namespaces, mounts, limits, empty environment), and
+imports the heavy libraries in it. A run asks for one; if the pool has a ready kernel whose sandbox
+settings match the run's exactly, the run uses it, otherwise it starts its own kernel as before.
+Both ways are sandboxed; the pool only moves *when* the kernel starts.
+
+Each kernel serves exactly one run and is then killed with its directory: a notebook could leave
+anything behind in a kernel, so kernels are never reused. The pool starts a replacement after the
+run releases its kernel (not while the run is still going, which on a small machine would compete
+with it for CPU).
+
+The lease is the open connection: the run's process asks the pool over it whether the kernel is
+alive, to signal it, for the end of its log, and finally to release it. If the run's process dies,
+the connection drops and the pool kills the kernel and deletes its directory all the same.
+
+Trust: the socket lives in a directory that must belong to the current user with mode 0700 (checked
+on both sides), so another local user can neither serve kernels to our runs nor lease ours.
+Protocol: one JSON object per line in each direction.
+"""
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+
+from dagster_bento.execution import sandbox
+from dagster_bento.execution.sandbox import SandboxConfig
+
+_LOG = logging.getLogger(__name__)
+
+# What a pre-started kernel imports before any notebook runs (module objects only: no names are
+# bound in the notebook's namespace and the execution count stays at 0).
+DEFAULT_PRELOAD: tuple[str, ...] = ("pandas", "pyarrow", "pyarrow.parquet")
+# Subdirectories of a kernel's run directory, created before the kernel starts (as a run does).
+RUN_SUBDIRS: tuple[str, ...] = ("inputs", "outputs")
+# How long a run waits for the pool to answer before starting its own kernel.
+CONNECT_TIMEOUT_S = 2.0
+_ALLOWED_SIGNALS = {int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGKILL)}
+_HEALTH_INTERVAL_S = 5.0
+
+
+class PoolError(RuntimeError):
+    """The pool cannot be used (its socket's directory is not private, it cannot start kernels...)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Where the pool listens
+# --------------------------------------------------------------------------------------------------
+
+
+def default_socket_path(project_dir: str | os.PathLike[str]) -> Path:
+    """One pool per project and user: ``$TMPDIR/dagster-bento-<uid>/pool-<hash of the project dir>.sock``."""
+    digest = hashlib.sha256(str(Path(project_dir).resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"dagster-bento-{os.getuid()}" / f"pool-{digest}.sock"
+
+
+def check_private_dir(path: Path, *, create: bool = False) -> None:
+    """Raise `PoolError` unless ``path`` is a real directory of ours that nobody else can write to."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700, parents=False)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError as err:
+        raise PoolError(f"{path} does not exist") from err
+    if not stat.S_ISDIR(st.st_mode):
+        raise PoolError(f"{path} is not a directory (a symbolic link?); remove it")
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise PoolError(f"{path} must belong to uid {os.getuid()} with mode 0700 (it has uid {st.st_uid}, "
+                        f"mode {stat.S_IMODE(st.st_mode):o}); remove it and restart the pool")
+
+
+def pool_key(config: SandboxConfig) -> str:
+    """Everything fixed when a kernel starts; a run may use a pooled kernel only if its key is equal.
+
+    The sandbox settings, the Python installation and this sandbox's code; plus the modification times
+    of the site-packages directories, so that installing or removing a package (which the pool's
+    kernels may already have imported) makes the pool's kernels stale instead of silently old.
+    """
+    site = []
+    for entry in sys.path:
+        if entry.endswith("site-packages"):
+            with contextlib.suppress(OSError):
+                site.append((entry, os.stat(entry).st_mtime_ns))
+    data = {
+        "backend": config.backend,
+        "memory_limit_mb": config.memory_limit_mb,
+        "tmp_size_mb": config.tmp_size_mb,
+        "max_file_mb": config.max_file_mb,
+        "extra_ro_binds": list(config.extra_ro_binds),
+        "readonly_subdirs": list(config.readonly_subdirs),
+        "executable": os.path.realpath(sys.executable),
+        "prefix": sys.prefix,
+        "site": site,
+        "sandbox_code": _sandbox_code_digest(),
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+_CODE_DIGEST: list[str] = []
+
+
+def _sandbox_code_digest() -> str:
+    if not _CODE_DIGEST:
+        h = hashlib.sha256()
+        for module in (sandbox, sys.modules[__name__]):
+            h.update(Path(module.__file__ or "").read_bytes())
+        _CODE_DIGEST.append(h.hexdigest())
+    return _CODE_DIGEST[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Server
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Kernel:
+    work_dir: Path
+    run_dir: Path
+    state: Path
+    km: AsyncKernelManager
+    log: IO[bytes]
+    started: float  # time.monotonic() when it became ready
+
+
+class KernelPoolServer:
+    """Keeps ``size`` kernels ready for runs whose sandbox settings equal ``config``."""
+
+    def __init__(self, config: SandboxConfig, *, socket_path: str | os.PathLike[str], size: int = 1,
+                 run_root: str | os.PathLike[str] | None = None, preload: Sequence[str] = DEFAULT_PRELOAD,
+                 idle_exit_s: float | None = None, log: logging.Logger | None = None):
+        if config.backend != "bwrap":
+            raise PoolError(f"the kernel pool serves bwrap-sandboxed kernels only, not {config.backend!r}")
+        if size < 1:
+            raise PoolError(f"size must be at least 1, got {size}")
+        self.config = config
+        self.key = pool_key(config)
+        self.socket_path = Path(socket_path)
+        self.size = size
+        self.run_root = Path(run_root) if run_root else Path(tempfile.gettempdir())
+        self.preload = tuple(preload)
+        self.idle_exit_s = idle_exit_s
+        self.log = log or _LOG
+        self.ready: list[_Kernel] = []
+        self.leased = 0
+        self.served = 0
+        self.failures = 0
+        self._starting = 0
+        self._last_activity = time.monotonic()
+        self._wake: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Serve until SIGINT/SIGTERM (or the idle timeout); kernels and their directories go with it."""
+        asyncio.run(self.serve())
+
+    async def serve(self, ready: "asyncio.Event | None" = None) -> None:
+        sandbox.check_sandbox_available(self.config)
+        check_private_dir(self.socket_path.parent, create=True)
+        self._unlink_stale_socket()
+        self._wake, self._stop = asyncio.Event(), asyncio.Event()
+        old_umask = os.umask(0o177)  # the socket is created 0600
+        try:
+            server = await asyncio.start_unix_server(self._handle, path=str(self.socket_path))
+        finally:
+            os.umask(old_umask)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # not on the main thread
+                loop.add_signal_handler(signum, self._stop.set)
+        self.log.info(f"kernel pool listening on {self.socket_path} (size {self.size}, preload "
+                      f"{', '.join(self.preload) or 'nothing'})")
+        filler = asyncio.ensure_future(self._fill())
+        health = asyncio.ensure_future(self._health())
+        if ready is not None:
+            ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            server.close()
+            filler.cancel()
+            health.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(filler, health, *self._tasks, return_exceptions=True)
+            for kernel in self.ready:
+                await self._discard(kernel)
+            self.ready.clear()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
+            self.log.info("kernel pool stopped")
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    def _unlink_stale_socket(self) -> None:
+        try:
+            st = os.lstat(self.socket_path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise PoolError(f"{self.socket_path} exists and is not a socket; remove it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1.0)
+            probe.connect(str(self.socket_path))
+        except OSError:
+            os.unlink(self.socket_path)  # nobody listens: left over from a pool that was killed
+            return
+        finally:
+            probe.close()
+        raise PoolError(f"another kernel pool already serves {self.socket_path}")
+
+    # -- keeping kernels ready --------------------------------------------------------------------
+
+    async def _fill(self) -> None:
+        assert self._wake is not None
+        backoff = 1.0
+        while True:
+            while len(self.ready) + self._starting < self.size:
+                self._starting += 1
+                try:
+                    kernel = await self._start_kernel()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - logged; retried with backoff
+                    self.failures += 1
+                    self.log.error(f"kernel pool: could not start a kernel: {err}")
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 60.0)
+                    continue
+                finally:
+                    self._starting -= 1
+                backoff = 1.0
+                self.ready.append(kernel)
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _start_kernel(self) -> _Kernel:
+        self.run_root.mkdir(parents=True, exist_ok=True)
+        work_dir = Path(tempfile.mkdtemp(prefix="bento-pool-", dir=self.run_root)).resolve()
+        os.chmod(work_dir, 0o700)
+        run_dir = work_dir / "nb"
+        run_dir.mkdir()
+        for sub in RUN_SUBDIRS:
+            (run_dir / sub).mkdir()
+        log = tempfile.TemporaryFile(prefix="bento-kernel-log-")
+        km: AsyncKernelManager | None = None
+        try:
+            state = sandbox._prepare_state_dir(self.config, run_dir, "kernel pool")
+            km = sandbox._make_kernel_manager(self.config, run_dir, state)
+            await km.start_kernel(env={}, stdout=subprocess.DEVNULL, stderr=log)
+            await self._warm(km)
+        except BaseException:
+            if km is not None:
+                with contextlib.suppress(Exception):
+                    await km.shutdown_kernel(now=True)
+            shutil.rmtree(work_dir, ignore_errors=True)
+            tail = sandbox._log_tail(log)
+            log.close()
+            if tail:
+                self.log.error(f"kernel pool: kernel output:\n{tail}")
+            raise
+        return _Kernel(work_dir=work_dir, run_dir=run_dir, state=state, km=km, log=log, started=time.monotonic())
+
+    async def _warm(self, km: AsyncKernelManager) -> None:
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=self.config.startup_timeout_s)
+            if not self.preload:
+                return
+            code = ("import importlib as _bento_il\n"
+                    f"for _bento_m in {list(self.preload)!r}:\n"
+                    "    try:\n        _bento_il.import_module(_bento_m)\n    except ImportError:\n        pass\n"
+                    "del _bento_il, _bento_m\n")
+            msg_id = kc.execute(code, silent=True, store_history=False)
+            deadline = time.monotonic() + self.config.startup_timeout_s
+            while True:
+                reply = await kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    break
+            if reply["content"].get("status") != "ok":
+                raise PoolError(f"preloading {self.preload} failed: {reply['content'].get('evalue')}")
+        finally:
+            kc.stop_channels()
+
+    async def _health(self) -> None:
+        """Replace ready kernels that died while waiting; stop when idle for ``idle_exit_s``."""
+        assert self._stop is not None and self._wake is not None
+        while True:
+            await asyncio.sleep(_HEALTH_INTERVAL_S)
+            for kernel in list(self.ready):
+                if not await kernel.km.is_alive():
+                    self.log.warning(f"kernel pool: a ready kernel died:\n{sandbox._log_tail(kernel.log)}")
+                    self.ready.remove(kernel)
+                    await self._discard(kernel)
+                    self._wake.set()
+            idle = time.monotonic() - self._last_activity
+            if self.idle_exit_s is not None and self.leased == 0 and idle > self.idle_exit_s:
+                self.log.info(f"kernel pool: idle for {idle:.0f} s, stopping")
+                self._stop.set()
+
+    async def _discard(self, kernel: _Kernel) -> None:
+        with contextlib.suppress(Exception):
+            await kernel.km.shutdown_kernel(now=True)
+        with contextlib.suppress(Exception):
+            await kernel.km.cleanup_resources()
+        shutil.rmtree(kernel.work_dir, ignore_errors=True)
+        kernel.log.close()
+
+    # -- serving runs -----------------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        kernel: _Kernel | None = None
+        try:
+            if not _peer_is_us(writer):
+                return
+            request = await _read_message(reader)
+            if request is None:
+                return
+            op = request.get("op")
+            if op == "status":
+                await _send(writer, self.status())
+                return
+            if op != "lease":
+                await _send(writer, {"ok": False, "reason": f"unknown request {op!r}"})
+                return
+            self._last_activity = time.monotonic()
+            kernel, reason = await self._take(request.get("key"))
+            if kernel is None:
+                await _send(writer, {"ok": False, "reason": reason})
+                return
+            self.leased += 1
+            self.served += 1
+            label = str(request.get("label", ""))[:200]
+            self.log.info(f"kernel pool: lent a kernel to {label or 'a run'} "
+                          f"(ready for {time.monotonic() - kernel.started:.1f} s)")
+            info = dict(kernel.km.get_connection_info())
+            info["key"] = info["key"].decode() if isinstance(info["key"], bytes) else info["key"]
+            await _send(writer, {"ok": True, "run_dir": str(kernel.run_dir), "state_dir": str(kernel.state),
+                                 "kernel_id": kernel.km.kernel_id, "connection": info,
+                                 "ready_s": round(time.monotonic() - kernel.started, 3)})
+            await self._serve_lease(kernel, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if kernel is not None:
+                self.leased -= 1
+                self._last_activity = time.monotonic()
+                await self._discard(kernel)
+                assert self._wake is not None
+                self._wake.set()  # start the replacement now that the run no longer needs the CPU
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _take(self, key: Any) -> tuple[_Kernel | None, str]:
+        if key != self.key:
+            return None, ("the pool's sandbox settings differ from this run's: "
+                          f"{_describe_key_difference_remote(self.config)}")
+        while self.ready:
+            kernel = self.ready.pop(0)
+            if await kernel.km.is_alive():
+                return kernel, ""
+            await self._discard(kernel)
+            assert self._wake is not None
+            self._wake.set()
+        return None, f"no kernel is ready yet ({self._starting} starting)"
+
+    async def _serve_lease(self, kernel: _Kernel, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
+        while (request := await _read_message(reader)) is not None:
+            op = request.get("op")
+            if op == "poll":
+                status = await kernel.km.provisioner.poll() if kernel.km.provisioner is not None else 0
+                await _send(writer, {"status": status})
+            elif op == "signal":
+                signum = int(request.get("signum", 0))
+                if signum in _ALLOWED_SIGNALS and kernel.km.has_kernel:
+                    with contextlib.suppress(Exception):
+                        await kernel.km.signal_kernel(signum)
+                await _send(writer, {"ok": True})
+            elif op == "log":
+                await _send(writer, {"tail": sandbox._log_tail(kernel.log, lines=int(request.get("lines", 15)))})
+            elif op == "release":
+                await self._discard(kernel)  # before answering: the run may rely on the kernel being gone
+                await _send(writer, {"ok": True})
+                return
+            else:
+                await _send(writer, {"ok": False, "reason": f"unknown request {op!r}"})
+
+    def status(self) -> dict[str, Any]:
+        return {"ok": True, "ready": len(self.ready), "starting": self._starting, "leased": self.leased,
+                "size": self.size, "served": self.served, "failures": self.failures, "pid": os.getpid(),
+                "settings": _settings(self.config)}
+
+
+def _settings(config: SandboxConfig) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in ("backend", "memory_limit_mb", "tmp_size_mb", "max_file_mb")}
+
+
+def _describe_key_difference_remote(config: SandboxConfig) -> str:
+    s = _settings(config)
+    return (f"the pool runs memory_limit_mb={s['memory_limit_mb']}, tmp_size_mb={s['tmp_size_mb']}, "
+            f"max_file_mb={s['max_file_mb']} with {sys.executable}; a spec that overrides a limit, another "
+            "virtualenv, a changed package set or another dagster-bento version needs its own kernel "
+            "(restart the pool after upgrading)")
+
+
+def _peer_is_us(writer: asyncio.StreamWriter) -> bool:
+    sock = writer.get_extra_info("socket")
+    with contextlib.suppress(Exception):
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        uid = int.from_bytes(creds[4:8], sys.byteorder)
+        return uid == os.getuid()
+    return False
+
+
+async def _read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    line = await reader.readline()
+    if not line:
+        return None
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    writer.write(json.dumps(message).encode() + b"\n")
+    await writer.drain()
+
+
+# --------------------------------------------------------------------------------------------------
+# Client (the run's process)
+# --------------------------------------------------------------------------------------------------
+
+
+class KernelLease:
+    """A pooled kernel lent to one run; `release` (or closing the process) gives it back to be killed."""
+
+    def __init__(self, sock: socket.socket, reply: dict[str, Any], socket_path: Path):
+        self._sock = sock
+        self._file = sock.makefile("rb")
+        self._lock = threading.Lock()
+        self.socket_path = socket_path
+        self.run_dir = Path(reply["run_dir"])
+        self.state_dir = Path(reply["state_dir"])
+        self.kernel_id = str(reply["kernel_id"])
+        self.connection = dict(reply["connection"])
+        self.ready_s = float(reply.get("ready_s", 0.0))
+        self.released = False
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            if self.released:
+                raise PoolError("the kernel was already released")
+            self._sock.sendall(json.dumps(message).encode() + b"\n")
+            line = self._file.readline()
+        if not line:
+            raise PoolError("the kernel pool closed the connection")
+        reply = json.loads(line)
+        if not isinstance(reply, dict):
+            raise PoolError(f"unexpected reply from the kernel pool: {line!r}")
+        return reply
+
+    def poll(self) -> int | None:
+        """None while the kernel runs, else its exit status (255 if the pool cannot be asked)."""
+        try:
+            status = self.request({"op": "poll"}).get("status")
+        except (OSError, ValueError, PoolError):
+            return 255
+        return None if status is None else int(status)
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(OSError, ValueError, PoolError):
+            self.request({"op": "signal", "signum": int(signum)})
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return str(self.request({"op": "log", "lines": lines}).get("tail", ""))
+        except (OSError, ValueError, PoolError):
+            return ""
+
+    def release(self) -> None:
+        """Kill the kernel and delete its directory (the pool does it; it answers once done)."""
+        if self.released:
+            return
+        with contextlib.suppress(OSError, ValueError, PoolError):
+            self.request({"op": "release"})
+        self.released = True
+        with contextlib.suppress(OSError):
+            self._file.close()
+            self._sock.close()
+
+    def kernel_manager(self) -> AsyncKernelManager:
+        """A kernel manager that talks to this kernel and kills it through the pool."""
+        km = _LeasedKernelManager(
+            kernel_name=sandbox.KERNEL_NAME,
+            kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(self.state_dir / "kernels")],
+                                                  ensure_native_kernel=False),
+            log=sandbox._INTERNAL_LOG,
+        )
+        km.load_connection_info(self.connection)
+        km.kernel_id = self.kernel_id
+        km.provisioner = _LeasedProvisioner(kernel_id=self.kernel_id, kernel_spec=None, parent=km)
+        km.provisioner.lease = self
+        return km
+
+    def __enter__(self) -> "KernelLease":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def lease_kernel(socket_path: str | os.PathLike[str], config: SandboxConfig, *, label: str = "",
+                 timeout_s: float = CONNECT_TIMEOUT_S) -> tuple[KernelLease | None, str]:
+    """Ask the pool at ``socket_path`` for a kernel matching ``config``: (lease, "") or (None, why not)."""
+    path = Path(socket_path)
+    if config.backend != "bwrap":
+        return None, f"the pool serves bwrap kernels only (this run uses {config.backend})"
+    if not os.path.lexists(path):
+        return None, f"no kernel pool is running ({path} does not exist)"
+    try:
+        check_private_dir(path.parent)
+    except PoolError as err:
+        return None, f"not using the kernel pool socket {path}: {err}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout_s)
+        sock.connect(str(path))
+        sock.sendall(json.dumps({"op": "lease", "key": pool_key(config), "label": label}).encode() + b"\n")
+        reply = json.loads(sock.makefile("rb").readline() or b"null")
+    except (OSError, ValueError) as err:
+        sock.close()
+        return None, f"the kernel pool at {path} did not answer ({err})"
+    if not isinstance(reply, dict) or not reply.get("ok"):
+        sock.close()
+        reason = reply.get("reason") if isinstance(reply, dict) else "no answer"
+        return None, f"the kernel pool at {path} has no kernel for this run: {reason}"
+    sock.settimeout(None)
+    return KernelLease(sock, reply, path), ""
+
+
+def pool_status(socket_path: str | os.PathLike[str], timeout_s: float = CONNECT_TIMEOUT_S) -> dict[str, Any]:
+    path = Path(socket_path)
+    check_private_dir(path.parent)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        sock.connect(str(path))
+        sock.sendall(b'{"op": "status"}\n')
+        return dict(json.loads(sock.makefile("rb").readline()))
+
+
+def wait_until_ready(socket_path: str | os.PathLike[str], *, count: int = 1, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Block until the pool at ``socket_path`` has ``count`` ready kernels (for scripts and benchmarks)."""
+    deadline = time.monotonic() + timeout_s
+    last: dict[str, Any] | Exception = {}
+    while time.monotonic() < deadline:
+        try:
+            last = pool_status(socket_path)
+            if last.get("ready", 0) >= count:
+                return last
+        except (OSError, ValueError, PoolError) as err:
+            last = err
+        time.sleep(0.05)
+    raise PoolError(f"the kernel pool at {socket_path} has no {count} ready kernel(s) after {timeout_s:g} s: {last}")
+
+
+class _LeasedProvisioner(KernelProvisionerBase):  # type: ignore[misc]
+    """Lifecycle calls on a kernel another process (the pool) started; each is one request to it."""
+
+    lease: KernelLease | None = None
+
+    @property
+    def has_process(self) -> bool:
+        return self.lease is not None and not self.lease.released
+
+    async def poll(self) -> int | None:
+        assert self.lease is not None
+        return await asyncio.to_thread(self.lease.poll)
+
+    async def wait(self) -> int | None:
+        while (status := await self.poll()) is None:
+            await asyncio.sleep(0.05)
+        return status
+
+    async def send_signal(self, signum: int) -> None:
+        assert self.lease is not None
+        await asyncio.to_thread(self.lease.signal, signum)
+
+    async def kill(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGTERM)
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+        raise PoolError("a leased kernel is already running")
+
+    async def cleanup(self, restart: bool = False) -> None:
+        pass
+
+
+class _LeasedKernelManager(AsyncKernelManager):  # type: ignore[misc]
+    """Shutting down means killing through the pool; the files belong to the pool, which deletes them."""
+
+    async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:  # type: ignore[override]
+        if self.has_kernel:
+            await self.provisioner.kill()
+            await self.provisioner.wait()
+
+    async def cleanup_resources(self, restart: bool = False) -> None:  # type: ignore[override]
+        pass
