@@ -106,7 +106,11 @@ def test_pooled_kernel_is_warm_runs_once_and_is_replaced(pool: Pool) -> None:
         assert [c.execution_count for c in out.cells] == [1, 2]  # the warm-up left no trace in the count
         assert (run_dir / "outputs" / "t.parquet").stat().st_size > 0  # still there for the orchestrator
         assert lease.poll() is not None  # the kernel was killed at the end of the notebook
-    assert _wait_gone(run_dir.parent), "the pool did not delete the kernel's directory on release"
+        lease.release()
+        assert not run_dir.parent.exists(), "the pool did not delete the kernel's directory on release"
+        status = pool_status(pool.socket)
+        # the replacement waits until the run ends (the upload would compete with it for CPU)
+        assert status["leased"] == 1 and status["ready"] == 0 and status["starting"] == 0
     status = pool.ready()  # a replacement was started
     assert status["served"] == served + 1 and status["leased"] == 0
 

@@ -9,9 +9,9 @@ settings match the run's exactly, the run uses it, otherwise it starts its own k
 Both ways are sandboxed; the pool only moves *when* the kernel starts.
 
 Each kernel serves exactly one run and is then killed with its directory: a notebook could leave
-anything behind in a kernel, so kernels are never reused. The pool starts a replacement after the
-run releases its kernel (not while the run is still going, which on a small machine would compete
-with it for CPU).
+anything behind in a kernel, so kernels are never reused. The pool starts a replacement when the
+run ends (not while the run is still uploading, which on a small machine would compete with it for
+CPU).
 
 The lease is the open connection: the run's process asks the pool over it whether the kernel is
 alive, to signal it, for the end of its log, and finally to release it. If the run's process dies,
@@ -381,7 +381,7 @@ class KernelPoolServer:
                 self._last_activity = time.monotonic()
                 await self._discard(kernel)
                 assert self._wake is not None
-                self._wake.set()  # start the replacement now that the run no longer needs the CPU
+                self._wake.set()  # start the replacement now that the run is over
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -419,6 +419,7 @@ class KernelPoolServer:
             elif op == "release":
                 await self._discard(kernel)  # before answering: the run may rely on the kernel being gone
                 await _send(writer, {"ok": True})
+                await reader.read()  # the run holds the lease until it ends (see KernelLease.release)
                 return
             else:
                 await _send(writer, {"ok": False, "reason": f"unknown request {op!r}"})
@@ -518,12 +519,19 @@ class KernelLease:
             return ""
 
     def release(self) -> None:
-        """Kill the kernel and delete its directory (the pool does it; it answers once done)."""
+        """Kill the kernel and delete its directory (the pool does it and answers once done).
+
+        The connection stays open until `close`: the pool starts the replacement kernel only then, so
+        that on a small machine it does not compete with the rest of the run (the upload)."""
         if self.released:
             return
         with contextlib.suppress(OSError, ValueError, PoolError):
             self.request({"op": "release"})
         self.released = True
+
+    def close(self) -> None:
+        """End the lease (releasing the kernel first if that has not happened)."""
+        self.release()
         with contextlib.suppress(OSError):
             self._file.close()
             self._sock.close()
@@ -538,6 +546,7 @@ class KernelLease:
         )
         km.load_connection_info(self.connection)
         km.kernel_id = self.kernel_id
+        km.client_factory = sandbox._ReadyClient
         km.provisioner = _LeasedProvisioner(kernel_id=self.kernel_id, kernel_spec=None, parent=km)
         km.provisioner.lease = self
         return km
@@ -546,7 +555,7 @@ class KernelLease:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.release()
+        self.close()
 
 
 def lease_kernel(socket_path: str | os.PathLike[str], config: SandboxConfig, *, label: str = "",

@@ -108,6 +108,7 @@ class BentoInvocation:
         warehouse: Warehouse | None = None
         emitter: LineageEmitter | None = None
         work_dir: Path | None = None
+        lease: Any = None
         try:
             warehouse = warehouse_from_url(self.resource.warehouse_url)
             emitter = self._emitter(warehouse)
@@ -136,7 +137,7 @@ class BentoInvocation:
                 files = collect_outputs(job, run_dir, work_dir / "collected", fmt)
             finally:
                 if lease is not None:
-                    lease.release()  # the pool kills the kernel and deletes its directory
+                    lease.release()  # the pool kills the kernel and deletes its directory now
             labels = self._check_writes(policy, job, warehouse, read_labels)
             if self.dry_run:
                 self.trial_outputs = [_describe_file(table, path, fmt, labels.get(table))
@@ -153,6 +154,8 @@ class BentoInvocation:
                              stack_trace="".join(traceback.format_exception(err))[-4000:])
             raise
         finally:
+            if lease is not None:
+                lease.close()  # the pool starts the next kernel once this run no longer needs the CPU
             if work_dir is not None:
                 shutil.rmtree(work_dir, ignore_errors=True)
             if warehouse is not None:
