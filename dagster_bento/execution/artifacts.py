@@ -68,12 +68,17 @@ def save(nb: NotebookNode, target: Path, *, html: bool = True, html_in_backgroun
     nbformat.write(nb, tmp)
     os.replace(tmp, path)
     if html and html_in_background:
-        subprocess.Popen([sys.executable, "-m", "dagster_bento.execution.artifacts", str(path)],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True, close_fds=True)
+        render_html_in_background(path)
     elif html:
         write_html(nb, path.with_suffix(".html"))
     return path
+
+
+def render_html_in_background(path: Path) -> None:
+    """Render ``path`` (a saved, sanitised notebook) to ``.html`` in a detached, low-priority process."""
+    subprocess.Popen([sys.executable, "-m", "dagster_bento.execution.artifacts", str(path)],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True, close_fds=True)
 
 
 def write_html(nb: NotebookNode, path: Path) -> None:
@@ -86,5 +91,6 @@ def write_html(nb: NotebookNode, path: Path) -> None:
 
 
 if __name__ == "__main__":  # the background renderer: python -m dagster_bento.execution.artifacts NB.ipynb
+    os.nice(10)  # nobody waits for it: leave the CPU to runs
     source = Path(sys.argv[1])
     write_html(nbformat.read(source, as_version=4), source.with_suffix(".html"))

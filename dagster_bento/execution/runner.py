@@ -156,6 +156,8 @@ class BentoInvocation:
         finally:
             if lease is not None:
                 lease.close()  # the pool starts the next kernel once this run no longer needs the CPU
+            if self.executed_notebook is not None and self.resource.html:
+                artifacts.render_html_in_background(self.executed_notebook)
             if work_dir is not None:
                 shutil.rmtree(work_dir, ignore_errors=True)
             if warehouse is not None:
@@ -289,11 +291,12 @@ class BentoInvocation:
                                         before_cell=wait_for_fetch, lease=lease)
         except DagsterBentoRunError as err:
             partial = getattr(err, "executed_nb", None) or nb
-            self.executed_notebook = artifacts.save(partial, target, html=self.resource.html)
+            self.executed_notebook = artifacts.save(partial, target, html=False)
             raise
         finally:
             timings.execute_s = time.perf_counter() - start
-        self.executed_notebook = artifacts.save(executed, target, html=self.resource.html)
+        # its HTML rendering starts when the run ends (see _run), so it does not slow the upload down
+        self.executed_notebook = artifacts.save(executed, target, html=False)
         self.log.info(f"executed notebook kept at {self.executed_notebook}")
         return self.executed_notebook
 
