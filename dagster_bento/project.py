@@ -112,7 +112,7 @@ def load_config(project_dir: Path) -> tuple[ProjectConfig, list[Problem]]:
                         f"unknown field {k!r}; allowed: {', '.join(sorted(_CONFIG_KEYS))}")
                 for k in sorted(set(data) - _CONFIG_KEYS)]
     known = {k: v for k, v in data.items() if k in _CONFIG_KEYS}
-    for key, allowed in (("sandbox", ("bwrap", "docker", "none")), ("data_format", ("parquet", "csv"))):
+    for key, allowed in (("sandbox", ("bwrap", "docker", "none")), ("data_format", ("parquet", "arrow", "csv"))):
         if key in known and known[key] not in allowed:
             problems.append(Problem(CONFIG_FILE, None, "BENTO009",
                                     f"{key} is {known[key]!r}; use one of {', '.join(allowed)}"))

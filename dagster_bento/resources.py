@@ -27,7 +27,8 @@ class BentoResource(dg.ConfigurableResource):
     docker_image: str | None = Field(default=None, description="Image for sandbox=docker.")
     timeout_seconds: float = Field(default=1800.0, description="Wall-clock limit of the notebook execution.")
     memory_limit_mb: int = Field(default=4096, description="Memory limit of the notebook's kernel.")
-    data_format: str = Field(default="parquet", description="parquet (typed, default) or csv (the seed's format).")
+    data_format: str = Field(default="parquet", description="parquet (typed, default), arrow (Arrow IPC: typed, "
+                                                                   "fastest) or csv (the seed's format).")
     lineage_transport: str = Field(default="file", description="OpenLineage transport: file, http, console or none.")
     lineage_url: str | None = Field(default=None, description="OpenLineage HTTP endpoint (Marquez-compatible).")
     lineage_file: str | None = Field(default=None, description="OpenLineage JSONL file; default "

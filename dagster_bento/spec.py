@@ -49,7 +49,7 @@ class ScheduleSpec:
     retries: int = 0
     tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
     sandbox: str | None = None
-    data_format: Literal["parquet", "csv"] | None = None
+    data_format: Literal["parquet", "arrow", "csv"] | None = None
     exemptions: tuple[Any, ...] = ()  # raw entries; eligibility.parse_exemptions validates them
 
 
@@ -131,8 +131,8 @@ def load_schedule_spec(path: Path, display: str, notebook: str) -> tuple[Schedul
         bad(f"'sandbox' is {sandbox!r}; use bwrap or docker")
         sandbox = None
     data_format = data.get("data_format")
-    if data_format not in (None, "parquet", "csv"):
-        bad(f"'data_format' is {data_format!r}; use parquet (default) or csv")
+    if data_format not in (None, "parquet", "arrow", "csv"):
+        bad(f"'data_format' is {data_format!r}; use parquet (default), arrow or csv")
         data_format = None
     exemptions = data.get("exemptions") or []
     if not isinstance(exemptions, list):

@@ -158,7 +158,7 @@ def test_end_to_end_two_sources_two_outputs(tmp_path, clean_run_dirs):
     assert len(list((tmp_path / "artifacts" / "sales").glob("*.ipynb"))) == 2
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+@pytest.mark.parametrize("fmt", ["parquet", "arrow", "csv"])
 def test_type_round_trip_duckdb(tmp_path, fmt, clean_run_dirs):
     url = seed_duckdb(tmp_path / "wh.duckdb")
     passthrough_project(tmp_path, "raw.types", "mart.types_copy")
@@ -167,12 +167,13 @@ def test_type_round_trip_duckdb(tmp_path, fmt, clean_run_dirs):
     assert query(url, "SELECT * FROM mart.types_copy EXCEPT SELECT * FROM raw.types") == []
     types = "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = '{}' ORDER BY ordinal_position"
     assert query(url, types.format("types_copy")) == query(url, types.format("types"))
-    if fmt == "parquet":  # CSV cannot tell '' from NULL when pandas rewrites it; Parquet must
+    if fmt != "csv":  # CSV cannot tell '' from NULL when pandas rewrites it; Parquet and Arrow must
         assert query(url, "SELECT count(*) FROM mart.types_copy WHERE e = ''") == [(1,)]
 
 
 @pytest.mark.postgres
-def test_type_round_trip_and_modes_postgres(tmp_path, clean_run_dirs):
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_type_round_trip_and_modes_postgres(tmp_path, fmt, clean_run_dirs):
     schema = f"bento_t_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_URL, autocommit=True) as con:
         con.execute(f"""CREATE SCHEMA {schema};
@@ -187,8 +188,8 @@ def test_type_round_trip_and_modes_postgres(tmp_path, clean_run_dirs):
         add_notebook(tmp_path, "copy", [sql_cell("df", f"SELECT * FROM {schema}.types"), code("out = df"),
                                         write_cell("out", f"{schema}.types_copy"),
                                         write_cell("out", f"{schema}.types_log", "append")])
-        assert run(tmp_path, PG_URL).success
-        assert run(tmp_path, PG_URL).success
+        assert run(tmp_path, PG_URL, data_format=fmt).success
+        assert run(tmp_path, PG_URL, data_format=fmt).success
         for table in ("types_copy", "types_log"):
             assert query(PG_URL, f"SELECT * FROM {schema}.types EXCEPT SELECT * FROM {schema}.{table}") == []
         assert query(PG_URL, f"SELECT count(*) FROM {schema}.types_copy") == [(3,)]  # overwrite

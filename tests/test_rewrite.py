@@ -28,6 +28,7 @@ def rewrite(stem: str, schedule: str, fmt: str = "parquet"):
     ("customer_revenue", "customer_revenue", "parquet"),
     ("segment_top_customers", "top_customers_automobile", "parquet"),
     ("segment_top_customers", "top_customers_building", "csv"),
+    ("region_summary", "region_summary", "arrow"),
 ])
 def test_golden(stem, schedule, fmt):
     _, out = rewrite(stem, schedule, fmt)

@@ -521,6 +521,29 @@ def test_csv_fetch_and_upload_round_trip(env: Env) -> None:
     assert env.count(f"(SELECT * FROM {dst} EXCEPT SELECT * FROM {src}) x") == 0
 
 
+def test_arrow_ipc_fetch_and_upload_round_trip(env: Env) -> None:
+    """data_format: arrow — Arrow IPC files both ways, every mode, and the checks Parquet gets."""
+    import pyarrow as pa
+
+    src, dst = env.t("src"), env.t("dst_arrow")
+    env.execute(f"CREATE TABLE {src} ({_SRC_COLUMNS})")
+    env.execute(f"INSERT INTO {src} VALUES {_SRC_ROWS}")
+    out = env.tmp / "src.arrow"
+    assert env.wh.fetch(f"SELECT * FROM {src}", out, fmt="arrow", notebook=NB, cell=1).rows == 4
+    assert pa.ipc.open_file(pa.memory_map(str(out))).read_all().num_rows == 4
+    for mode in ("overwrite", "append"):
+        env.wh.upload([UploadRequest(dst, out, mode=mode, fmt="arrow")], run_id="r1")  # type: ignore[arg-type]
+    assert env.wh.table_columns(dst) == env.wh.table_columns(src)
+    assert env.count(f"(SELECT * FROM {src} EXCEPT SELECT * FROM {dst}) x") == 0
+    assert env.count(f"(SELECT * FROM {dst} EXCEPT SELECT * FROM {src}) x") == 0
+    assert env.count(dst) == 8
+    broken = env.tmp / "broken.arrow"
+    broken.write_bytes(b"not arrow")
+    with pytest.raises(DagsterBentoOutputError, match="not a readable Arrow IPC file"):
+        env.wh.upload([UploadRequest(dst, broken, fmt="arrow", notebook=NB, cell=3)], run_id="r2")
+    assert env.count(dst) == 8  # nothing written
+
+
 def test_csv_append_uses_table_types_without_sidecar(env: Env) -> None:
     t = env.t("csv_target")
     env.execute(f"CREATE TABLE {t} (id BIGINT, flag BOOLEAN, ts TIMESTAMP WITH TIME ZONE, note TEXT)")

@@ -24,7 +24,7 @@ from dagster_bento.notebook import CELL_KEY
 INJECTED_TAG = "injected-parameters"
 SETUP_TAG = "bento-setup"
 REWRITE_VERSION = 1
-Format = Literal["parquet", "csv"]
+Format = Literal["parquet", "arrow", "csv"]
 
 _CSV_HELPERS = '''\
 # CSV with a type sidecar (<file>.schema.json), the same format the orchestrator reads and writes.
@@ -63,12 +63,30 @@ def _bento_write_csv(df, path):
 
 _PARQUET_HELPERS = '''\
 def _bento_write_parquet(df, path):
-    """df.to_parquet, with row groups DuckDB reads in parallel and dictionaries only for strings."""
+    """df.to_parquet, with row groups DuckDB reads in parallel, dictionaries only for strings and no
+    compression (a file that lives for one run on local disk)."""
     import pyarrow as pa, pyarrow.parquet as pq
     table = pa.Table.from_pandas(df)
     strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-    pq.write_table(table, path, row_group_size=122_880, use_dictionary=strings or False)
+    pq.write_table(table, path, row_group_size=122_880, use_dictionary=strings or False, compression="none")
 '''
+
+
+_ARROW_HELPERS = '''\
+def _bento_read_arrow(path):
+    """The Arrow IPC file the orchestrator fetched, memory-mapped, with pyarrow-backed dtypes."""
+    import pyarrow as pa
+    return pa.ipc.open_file(pa.memory_map(path)).read_all().to_pandas(types_mapper=_bento_pd.ArrowDtype)
+
+
+def _bento_write_arrow(df, path):
+    """The dataframe as an uncompressed Arrow IPC file, the format the orchestrator loads."""
+    import pyarrow as pa
+    table = pa.Table.from_pandas(df)
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=122_880)
+'''
+_HELPERS = {"parquet": _PARQUET_HELPERS, "arrow": _ARROW_HELPERS, "csv": _CSV_HELPERS}
 
 
 def input_path(output: str, fmt: Format) -> str:
@@ -82,12 +100,14 @@ def output_path(table: str, fmt: Format) -> str:
 def _read_line(var: str, path: str, fmt: Format) -> str:
     if fmt == "csv":
         return f'{var} = _bento_read_csv("{path}")'
+    if fmt == "arrow":
+        return f'{var} = _bento_read_arrow("{path}")'
     return f'{var} = _bento_pd.read_parquet("{path}", dtype_backend="pyarrow")'
 
 
 def _write_line(var: str, path: str, fmt: Format) -> str:
-    if fmt == "csv":
-        return f'_bento_write_csv({var}, "{path}")'
+    if fmt in ("csv", "arrow"):
+        return f'_bento_write_{fmt}({var}, "{path}")'
     return f'_bento_write_parquet({var}, "{path}")'
 
 
@@ -138,7 +158,7 @@ def rewrite_notebook(nb: NotebookNode, *, sql_cells: Sequence[tuple[int, str]],
             cell.outputs = []
             cell.execution_count = None
     setup_src = "import pandas as _bento_pd  # injected by dagster-bento: the SQL/write cells below use it"
-    setup_src += "\n\n" + (_CSV_HELPERS if fmt == "csv" else _PARQUET_HELPERS)
+    setup_src += "\n\n" + _HELPERS[fmt]
     setup = nbformat.v4.new_code_cell(setup_src, metadata={"tags": [SETUP_TAG]})
     injected = nbformat.v4.new_code_cell(_parameters_source(parameters), metadata={"tags": [INJECTED_TAG]})
     # deterministic ids keep the rewrite idempotent and golden files stable

@@ -419,6 +419,11 @@ def _describe_file(table: str, path: Path, fmt: str, label: frozenset[str] | Non
 
         table_data = read_csv_with_schema(path, read_csv_sidecar(path))
         rows, columns = table_data.num_rows, {f.name: str(f.type) for f in table_data.schema}
+    elif fmt == "arrow":
+        import pyarrow as pa
+
+        table_data = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        rows, columns = table_data.num_rows, {f.name: str(f.type) for f in table_data.schema}
     else:
         import pyarrow.parquet as pq
 
