@@ -127,6 +127,13 @@ def make_project(root: Path, *, stem: str, cells: list, tables: dict[str, list[s
     return root
 
 
+def arrow_variant(project: Path, dst: Path) -> Path:
+    """The same project with ``data_format: arrow`` (the warehouse URL is passed explicitly)."""
+    shutil.copytree(project, dst)
+    (dst / "bento.yaml").write_text("data_format: arrow\n")
+    return dst
+
+
 def big_cells(src: str, dst: str) -> list:
     from tests.nbfactory import code, sql_cell, write_cell
 
@@ -154,7 +161,8 @@ def setup_state(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         arrow_mb = con.sql("SELECT * FROM src.big").to_arrow_table().nbytes / 1e6
     log(f"generated src.big ({args.rows:,} rows, {arrow_mb:.1f} MB as Arrow) in {time.perf_counter() - start:.1f}s")
     state["arrow_mb"] = arrow_mb
-    state["duck"] = {"project": str(duck), "db": str(db), "work": str(tmp / "duckwork")}
+    state["duck"] = {"project": str(duck), "db": str(db), "work": str(tmp / "duckwork"),
+                     "arrow_project": str(arrow_variant(duck, tmp / "duck_arrow"))}
     (tmp / "duckwork").mkdir()
     # (b) PostgreSQL: two unique schemas, the same data copied with ADBC
     if not args.skip_pg:
@@ -167,7 +175,7 @@ def setup_state(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         with duckdb.connect(str(db), read_only=True) as con:
             table = con.sql("SELECT * FROM src.big").to_arrow_table()
         state["pg"] = {"project": str(pgp), "src": src_schema, "mart": mart_schema, "url": PG_URL,
-                       "work": str(tmp / "pgwork")}
+                       "work": str(tmp / "pgwork"), "arrow_project": str(arrow_variant(pgp, tmp / "pg_arrow"))}
         (tmp / "pgwork").mkdir()
         start = time.perf_counter()
         with pg.connect(PG_URL) as conn, conn.cursor() as cur:
@@ -533,6 +541,8 @@ PATHS: dict[str, dict[str, Any]] = {
     "duckdb-bento": {"what": "dagster-bento: fetch → notebook `out = df` → upload", "wh": "duck"},
     "duckdb-bento-pool": {"what": "dagster-bento as above, kernel from the kernel pool (`dagster-bento kernel-pool`)",
                           "wh": "duck"},
+    "duckdb-bento-arrow-pool": {"what": "dagster-bento, kernel from the pool, `data_format: arrow` (Arrow IPC "
+                                        "interchange instead of Parquet)", "wh": "duck"},
     "duckdb-ctas": {"what": "native: `CREATE OR REPLACE TABLE … AS SELECT * FROM src.big`", "wh": "duck"},
     "duckdb-parquet": {"what": "native: `COPY … TO parquet` → CTAS `read_parquet`", "wh": "duck"},
     "duckdb-parquet-pandas": {"what": "native + pandas `read_parquet(arrow)`/`to_parquet` in-process "
@@ -542,6 +552,8 @@ PATHS: dict[str, dict[str, Any]] = {
     "pg-bento": {"what": "dagster-bento: fetch → notebook `out = df` → upload", "wh": "pg"},
     "pg-bento-pool": {"what": "dagster-bento as above, kernel from the kernel pool (`dagster-bento kernel-pool`)",
                       "wh": "pg"},
+    "pg-bento-arrow-pool": {"what": "dagster-bento, kernel from the pool, `data_format: arrow` (Arrow IPC "
+                                    "interchange instead of Parquet)", "wh": "pg"},
     "pg-adbc": {"what": "native: ADBC `fetch_arrow_table` + `adbc_ingest`", "wh": "pg"},
     "pg-ctas": {"what": "native: server-side `CREATE TABLE … AS SELECT`", "wh": "pg"},
     "pg-adbc-parquet-pandas": {"what": "native + Parquet files + pandas round trip in-process "
@@ -563,6 +575,11 @@ def make_runner(name: str, state: dict[str, Any]):
         return BentoRunner(state["duck"]["project"]).run
     if name == "duckdb-bento-pool":
         return BentoRunner(state["duck"]["project"], pool_socket=pools["duck"]).run
+    if name == "duckdb-bento-arrow-pool":
+        return BentoRunner(state["duck"]["arrow_project"], warehouse_url=f"duckdb:///{state['duck']['db']}",
+                           pool_socket=pools["duck"]).run
+    if name == "pg-bento-arrow-pool":
+        return BentoRunner(state["pg"]["arrow_project"], warehouse_url=PG_URL, pool_socket=pools["pg"]).run
     if name == "pg-bento":
         return BentoRunner(state["pg"]["project"], warehouse_url=PG_URL).run
     if name == "pg-bento-pool":
@@ -1142,18 +1159,22 @@ def main() -> None:  # noqa: C901 - a linear script
 
         # (b) ------------------------------------------------------------------------------------
         if "b" in args.sections:
-            names = ["duckdb-bento", "duckdb-bento-pool", "duckdb-ctas", "duckdb-parquet", "duckdb-parquet-pandas"]
+            names = ["duckdb-bento", "duckdb-bento-pool", "duckdb-bento-arrow-pool", "duckdb-ctas", "duckdb-parquet",
+                     "duckdb-parquet-pandas"]
             if pg_on:
-                names += ["pg-bento", "pg-bento-pool", "pg-adbc", "pg-ctas", "pg-adbc-parquet-pandas"]
+                names += ["pg-bento", "pg-bento-pool", "pg-bento-arrow-pool", "pg-adbc", "pg-ctas",
+                          "pg-adbc-parquet-pandas"]
             log(f"(b) {args.rows:,} rows: {', '.join(names)}")
             for name in names:
                 preload(name)
             runners = {n: make_runner(n, state) for n in names}
             res = timed_reps(runners, args.reps, warmup=warm)
             walls = {n: median([r["wall"] for r in res[n]]) for n in names}
-            fid = {"duckdb-bento": fidelity_duck(state, "mart.big_copy")}
-            if pg_on:
-                fid["pg-bento"] = fidelity_pg(state, f"{state['pg']['mart']}.big_copy")
+            fid = {}  # one more (untimed) run of each format, then compare its output with the source
+            for n in [x for x in names if x.endswith(("-bento", "-arrow-pool"))]:
+                runners[n]()
+                fid[n] = (fidelity_duck(state, "mart.big_copy") if n.startswith("duckdb")
+                          else fidelity_pg(state, f"{state['pg']['mart']}.big_copy"))
             # seeds run once each, in their own process (also their (c) memory figure)
             seeds = {}
             for name in ["duckdb-seed", *(["pg-seed"] if pg_on else [])]:
@@ -1191,12 +1212,15 @@ def main() -> None:  # noqa: C901 - a linear script
                         table(["path", "what", "wall s", "rows/s", "bento ÷ this", "stages (s)"], rows), ""]
                 b, cn = walls[bento], walls[client_native]
                 bp = walls[f"{bento}-pool"]
+                ba = walls[f"{bento}-arrow-pool"]
                 pandas_native = {"duckdb": "duckdb-parquet-pandas", "pg": "pg-adbc-parquet-pandas"}[wh]
                 ctas = walls[f"{wh}-ctas"]
                 out += [f"* goal vs the native client round trip (`{client_native}`), kernel started by the run: "
                         f"{b / cn:.2f}× → {'PASS' if b <= 1.5 * cn else 'FAIL'} (≤ 1.5×); kernel from the pool: "
-                        f"{bp / cn:.2f}× → {'PASS' if bp <= 1.5 * cn else 'FAIL'}. Vs in-warehouse CTAS (`{wh}-ctas`, "
-                        f"data never leaves the database): {b / ctas:.2f}× / {bp / ctas:.2f}× (pool).",
+                        f"{bp / cn:.2f}× → {'PASS' if bp <= 1.5 * cn else 'FAIL'}; kernel from the pool and "
+                        f"`data_format: arrow`: {ba / cn:.2f}× → {'PASS' if ba <= 1.5 * cn else 'FAIL'}. Vs "
+                        f"in-warehouse CTAS (`{wh}-ctas`, data never leaves the database): {b / ctas:.2f}× / "
+                        f"{bp / ctas:.2f}× / {ba / ctas:.2f}×.",
                         f"* dagster-bento vs the seed: {per_m * args.rows / 1e6 / b:.1f}× faster "
                         f"(seed {per_m:.1f} s per 1M rows, linear extrapolation from {seed['rows']:,} rows; it "
                         "excludes the seed's own notebook kernel" + (" and uses the faster, batched to_sql stand-in"
@@ -1209,7 +1233,8 @@ def main() -> None:  # noqa: C901 - a linear script
                            "Dagster)." + (f" With the pool: (a) {triv_pool:.2f} s, so the rows add {bp - triv_pool:.2f} s "
                                           f"({(bp - triv_pool) / cn:.2f}× `{client_native}`)." if triv_pool else "")]
                           if triv_bento else []),
-                        f"* fidelity of dagster-bento's output vs the source: {fid[bento]}. Seed output: {seed['types']}.",
+                        f"* fidelity of dagster-bento's output vs the source: Parquet {fid[bento]}; Arrow IPC "
+                        f"{fid[bento + '-arrow-pool']}. Seed output: {seed['types']}.",
                         ""]
             out += ["Seed stand-ins (\\*): duckdb-engine is not installed, so for DuckDB `pd.read_sql` is replaced "
                     "by `con.execute(sql).df()` (faster than read_sql through SQLAlchemy) and `to_sql` by CREATE "
