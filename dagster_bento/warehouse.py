@@ -70,7 +70,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -85,7 +85,12 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import TokenType
 
-from dagster_bento.errors import DagsterBentoFetchError, DagsterBentoOutputError, DagsterBentoUploadError
+from dagster_bento.errors import (
+    DagsterBentoError,
+    DagsterBentoFetchError,
+    DagsterBentoOutputError,
+    DagsterBentoUploadError,
+)
 
 
 class _LazyModule:
@@ -108,6 +113,8 @@ pads: Any = _LazyModule("pyarrow.dataset")
 
 UploadMode = Literal["overwrite", "append", "overwrite_partition"]
 FileFormat = Literal["parquet", "arrow", "csv"]
+# (stored labels, existing tables) -> label per table; see Warehouse.upload
+LabelCheck = Callable[[Mapping[str, frozenset[str]], Set[str]], Mapping[str, frozenset[str] | None]]
 
 META_SCHEMA = "bento_meta"
 LABELS_TABLE = f"{META_SCHEMA}.table_labels"
@@ -188,8 +195,15 @@ class Warehouse(abc.ABC):
         return self.table_columns(table) is not None
 
     @abc.abstractmethod
-    def upload(self, requests: Sequence[UploadRequest], *, run_id: str, notebook: str = "") -> list[UploadResult]:
-        """Load every request in one transaction: all tables or none."""
+    def upload(self, requests: Sequence[UploadRequest], *, run_id: str, notebook: str = "",
+               check_labels: "LabelCheck | None" = None) -> list[UploadResult]:
+        """Load every request in one transaction: all tables or none.
+
+        ``check_labels(stored, existing)`` runs inside that transaction, under its locks and before anything
+        is written, with the stored labels of the requests' tables and the set of those tables that exist
+        (both keyed by the requests' table names); it returns the label to store for each table and raises
+        (rolling everything back) to refuse the upload. That is the purpose-zone write check, taken where no
+        other run can change a label between the check and the load."""
 
     @abc.abstractmethod
     def read_labels(self, tables: Iterable[str]) -> dict[str, frozenset[str]]:
@@ -1087,6 +1101,22 @@ def _utc_reader(reader: pa.RecordBatchReader) -> pa.RecordBatchReader:
     return pa.RecordBatchReader.from_batches(schema, (batch.cast(schema) for batch in reader))
 
 
+def _apply_label_check(
+    check: LabelCheck | None,
+    prepared: Sequence[_PreparedUpload],
+    stored: Mapping[str, frozenset[str]],
+    existing: Set[str],
+) -> list[_PreparedUpload]:
+    """Run ``check`` with the requests' own table names; return the uploads with the labels it chose."""
+    if check is None:
+        return list(prepared)
+    by_request = {p.request.table: p.table for p in prepared}
+    labels = check({name: stored[t] for name, t in by_request.items() if t in stored},
+                   {name for name, t in by_request.items() if t in existing})
+    return [dataclasses.replace(p, request=dataclasses.replace(p.request, label=labels.get(p.request.table)))
+            if p.request.table in labels else p for p in prepared]
+
+
 def _label_row(p: _PreparedUpload, run_id: str, now: dt.datetime) -> tuple[Any, ...] | None:
     if p.request.label is None:
         return None
@@ -1333,6 +1363,7 @@ class DuckDBWarehouse(Warehouse):
         *,
         run_id: str,
         notebook: str = "",
+        check_labels: LabelCheck | None = None,
         _fail_after: int | None = None,
     ) -> list[UploadResult]:
         if not requests:
@@ -1347,7 +1378,7 @@ class DuckDBWarehouse(Warehouse):
             )
             try:
                 with self._connect(write=True) as con:
-                    return self._upload_transaction(con, prepared, run_id, _fail_after)
+                    return self._upload_transaction(con, prepared, run_id, _fail_after, check_labels)
             except (duckdb.Error, OSError) as err:  # opening the file or taking its lock failed
                 raise _upload_error(err, None, prepared, self) from err
 
@@ -1357,15 +1388,24 @@ class DuckDBWarehouse(Warehouse):
         prepared: Sequence[_PreparedUpload],
         run_id: str,
         fail_after: int | None,
+        check_labels: LabelCheck | None = None,
     ) -> list[UploadResult]:
         current: _PreparedUpload | None = None
         con.execute("BEGIN TRANSACTION")
         try:
+            existing = set()
             for p in prepared:
-                _check_columns(p, self._columns(con, p.table), case_insensitive=True)
+                columns = self._columns(con, p.table)
+                _check_columns(p, columns, case_insensitive=True)
+                if columns is not None:
+                    existing.add(p.table)
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {META_SCHEMA}")
             for ddl in _META_DDL:
                 con.execute(ddl)
+            if check_labels is not None:
+                stored = dict(con.execute(f"SELECT table_name, zones FROM {LABELS_TABLE}").fetchall())
+                prepared = _apply_label_check(
+                    check_labels, prepared, {t: _parse_zones(z) for t, z in stored.items()}, existing)
             now = _utc_now()
             results = []
             for loaded, p in enumerate(prepared):
@@ -1377,7 +1417,7 @@ class DuckDBWarehouse(Warehouse):
             _maybe_inject(fail_after, len(prepared))
             con.execute("COMMIT")
             return results
-        except DagsterBentoOutputError:
+        except DagsterBentoError:  # a bad output, or the label check refused the upload
             self._rollback(con)
             raise
         except (duckdb.Error, pa.ArrowException, OSError, _InjectedFailure) as err:
@@ -1649,6 +1689,7 @@ class PostgresWarehouse(Warehouse):
         *,
         run_id: str,
         notebook: str = "",
+        check_labels: LabelCheck | None = None,
         _fail_after: int | None = None,
     ) -> list[UploadResult]:
         if not requests:
@@ -1664,7 +1705,7 @@ class PostgresWarehouse(Warehouse):
             try:
                 with self._connect() as conn, conn.cursor() as cur:
                     self._ensure_schemas(conn, cur, {_split_table(p.table)[0] for p in prepared})
-                    return self._upload_transaction(conn, cur, prepared, run_id, _fail_after)
+                    return self._upload_transaction(conn, cur, prepared, run_id, _fail_after, check_labels)
             except pg_dbapi.Error as err:  # connecting or creating the schemas failed
                 raise _upload_error(err, None, prepared, self) from err
 
@@ -1689,14 +1730,24 @@ class PostgresWarehouse(Warehouse):
         self._meta_ready = True
 
     def _upload_transaction(
-        self, conn: Any, cur: Any, prepared: Sequence[_PreparedUpload], run_id: str, fail_after: int | None
+        self, conn: Any, cur: Any, prepared: Sequence[_PreparedUpload], run_id: str, fail_after: int | None,
+        check_labels: LabelCheck | None = None,
     ) -> list[UploadResult]:
         current: _PreparedUpload | None = None
         try:
             for table in sorted({p.table for p in prepared}):
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext($1))", (f"bento:{table}",))
+            existing = set()
             for p in prepared:
-                _check_columns(p, self._columns(cur, p.table), case_insensitive=False)
+                columns = self._columns(cur, p.table)
+                _check_columns(p, columns, case_insensitive=False)
+                if columns is not None:
+                    existing.add(p.table)
+            if check_labels is not None:
+                cur.execute(f"SELECT table_name, zones FROM {LABELS_TABLE} WHERE table_name = ANY($1)",
+                            ([p.table for p in prepared],))
+                stored = {t: _parse_zones(z) for t, z in cur.fetchall()}
+                prepared = _apply_label_check(check_labels, prepared, stored, existing)
             now = _utc_now()
             results = []
             for loaded, p in enumerate(prepared):
@@ -1711,7 +1762,7 @@ class PostgresWarehouse(Warehouse):
             _maybe_inject(fail_after, len(prepared))
             conn.commit()
             return results
-        except DagsterBentoOutputError:
+        except DagsterBentoError:  # a bad output, or the label check refused the upload
             self._rollback(conn)
             raise
         except (pg_dbapi.Error, pa.ArrowException, OSError, _InjectedFailure, _DependentViewsError) as err:

@@ -1059,3 +1059,31 @@ def test_upload_refuses_non_regular_csv_sidecar(duck_env: Env, kind: str) -> Non
     assert isinstance(error, DagsterBentoOutputError), error
     assert f"at {sidecar}" in str(error) and "not a regular file" in str(error)
     assert not duck_env.exists(duck_env.t("x"))
+
+
+def test_label_check_runs_inside_the_upload_transaction(env: Env) -> None:
+    """The purpose-zone write check gets the labels stored when the upload holds its locks, chooses the
+    labels stored with the data, and can refuse the whole upload (nothing is written)."""
+    from dagster_bento.errors import DagsterBentoPolicyError
+
+    labelled, fresh, refused = env.t("labelled"), env.t("fresh"), env.t("refused")
+    path = env.tmp / "out.parquet"
+    pd.DataFrame({"id": [1, 2]}).to_parquet(path, index=False)
+    env.wh.upload([UploadRequest(labelled, path, label=frozenset({"A"}))], run_id="r0")
+    seen: dict[str, Any] = {}
+
+    def check(stored: Any, existing: Any) -> dict[str, frozenset[str]]:
+        seen.update(stored=dict(stored), existing=set(existing))
+        return {labelled: frozenset({"A", "B"}), fresh: frozenset({"B"})}
+
+    env.wh.upload([UploadRequest(labelled, path), UploadRequest(fresh, path)], run_id="r1", check_labels=check)
+    assert seen == {"stored": {labelled: frozenset({"A"})}, "existing": {labelled}}
+    assert env.wh.read_labels([labelled, fresh]) == {labelled: frozenset({"A", "B"}), fresh: frozenset({"B"})}
+
+    def refuse(stored: Any, existing: Any) -> dict[str, frozenset[str]]:
+        raise DagsterBentoPolicyError("refused by the zone check")
+
+    with pytest.raises(DagsterBentoPolicyError, match="refused"):
+        env.wh.upload([UploadRequest(fresh, path, mode="append"), UploadRequest(refused, path)], run_id="r2",
+                      check_labels=refuse)
+    assert not env.wh.table_exists(refused) and env.count(fresh) == 2  # rolled back as a whole

@@ -138,12 +138,19 @@ class BentoInvocation:
             finally:
                 if lease is not None:
                     lease.release()  # the pool kills the kernel and deletes its directory now
-            labels = self._check_writes(policy, job, warehouse, read_labels)
             if self.dry_run:
+                labels = self._check_writes(policy, job, warehouse, read_labels)
                 self.trial_outputs = [_describe_file(table, path, fmt, labels.get(table))
                                       for table, path in files.items()]
                 return []
-            uploaded = self._upload(job, warehouse, files, labels, ds, fmt, timings)
+            labels = {}
+
+            def check_writes(stored: Mapping[str, frozenset[str]], existing: Any) -> dict[str, frozenset[str]]:
+                labels.update(self._write_labels(policy, job, read_labels, stored, existing))
+                return labels
+
+            uploaded = self._upload(job, warehouse, files, check_writes if policy is not None else None, ds, fmt,
+                                    timings)
         except BaseException as err:
             if isinstance(err, DagsterBentoRunError) and self.executed_notebook:
                 err.attach_executed_notebook(str(self.executed_notebook))
@@ -302,10 +309,17 @@ class BentoInvocation:
 
     def _check_writes(self, policy: Any, job: BentoJob, warehouse: Warehouse,
                       read_labels: Mapping[str, frozenset[str]]) -> dict[str, frozenset[str]]:
-        """Compute each output's label and apply the write rule right before the upload."""
+        """The write check of a trial run (nothing is uploaded, so it reads the labels itself)."""
         if policy is None:
             return {}
         stored = warehouse.read_labels(job.tables_written)
+        existing = {t for t in job.tables_written if t in stored or warehouse.table_exists(t)}
+        return self._write_labels(policy, job, read_labels, stored, existing)
+
+    def _write_labels(self, policy: Any, job: BentoJob, read_labels: Mapping[str, frozenset[str]],
+                      stored: Mapping[str, frozenset[str]], existing: Any) -> dict[str, frozenset[str]]:
+        """Each output's label, after the write rule; raises on an enforced violation. Called inside the
+        upload transaction with the labels stored at that moment (see Warehouse.upload)."""
         labels: dict[str, frozenset[str]] = {}
         for cell in job.write_cells:
             reclass = policy.reclassification_for(job.name, cell.table, notebook_path=job.notebook_path)
@@ -313,23 +327,23 @@ class BentoInvocation:
             violation, label = zones.check_write(
                 policy, notebook=job.name, notebook_path=job.notebook_path, notebook_zone=job.zone,
                 cell=cell.index, table=cell.table, required=required, stored=stored.get(cell.table),
-                exists_unlabeled=cell.table not in stored and warehouse.table_exists(cell.table)
+                exists_unlabeled=cell.table not in stored and cell.table in existing
                 and not isinstance(policy.declared_label(cell.table), frozenset),
                 mode=cell.mode, phase="pre_upload")
             self._handle(violation)
             labels[cell.table] = label
         return labels
 
-    def _upload(self, job: BentoJob, warehouse: Warehouse, files: Mapping[str, Path],
-                labels: Mapping[str, frozenset[str]], ds: str, fmt: str, timings: RunTimings) -> list[Any]:
+    def _upload(self, job: BentoJob, warehouse: Warehouse, files: Mapping[str, Path], check_labels: Any,
+                ds: str, fmt: str, timings: RunTimings) -> list[Any]:
         requests = [UploadRequest(table=c.table, path=files[c.table], mode=c.mode,
                                   partition_column=c.partition_column,
                                   partition_value=ds if c.mode == "overwrite_partition" else None,
-                                  label=labels.get(c.table), notebook=job.notebook_path, cell=c.index,
-                                  fmt=fmt)  # type: ignore[arg-type]
+                                  notebook=job.notebook_path, cell=c.index, fmt=fmt)  # type: ignore[arg-type]
                     for c in job.write_cells]
         start = time.perf_counter()
-        uploaded = warehouse.upload(requests, run_id=self.context.run_id, notebook=job.notebook_path)
+        uploaded = warehouse.upload(requests, run_id=self.context.run_id, notebook=job.notebook_path,
+                                    check_labels=check_labels)
         timings.upload_s = time.perf_counter() - start
         return uploaded
 
