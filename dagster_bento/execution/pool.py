@@ -518,15 +518,20 @@ class KernelLease:
         except (OSError, ValueError, PoolError):
             return ""
 
-    def release(self) -> None:
-        """Kill the kernel and delete its directory (the pool does it and answers once done).
+    def release(self, *, wait: bool = True) -> None:
+        """Have the pool kill the kernel (if still alive) and delete its directory; with ``wait``, return
+        once that is done. Call it only when nothing reads the run directory any more.
 
         The connection stays open until `close`: the pool starts the replacement kernel only then, so
         that on a small machine it does not compete with the rest of the run (the upload)."""
         if self.released:
             return
         with contextlib.suppress(OSError, ValueError, PoolError):
-            self.request({"op": "release"})
+            if wait:
+                self.request({"op": "release"})
+            else:
+                with self._lock:
+                    self._sock.sendall(b'{"op": "release"}\n')
         self.released = True
 
     def close(self) -> None:

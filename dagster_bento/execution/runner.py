@@ -137,7 +137,9 @@ class BentoInvocation:
                 files = collect_outputs(job, run_dir, work_dir / "collected", fmt)
             finally:
                 if lease is not None:
-                    lease.release()  # the pool kills the kernel and deletes its directory now
+                    # the kernel is dead (execute_notebook kills it) and its outputs are copied out: the
+                    # pool deletes the directory while this run uploads
+                    lease.release(wait=False)
             if self.dry_run:
                 labels = self._check_writes(policy, job, warehouse, read_labels)
                 self.trial_outputs = [_describe_file(table, path, fmt, labels.get(table))
@@ -424,7 +426,23 @@ def _copy_regular_file(dir_fd: int, name: str, target: Path, job: BentoJob, cell
                 f"write cell {cell.index} of {job.notebook_path}: outputs/{name} is not a regular file; the "
                 "notebook must not replace what write cells write", **where)
         with open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1024 * 1024)
+            _copy_contents(src.fileno(), dst.fileno(), info.st_size)
+
+
+def _copy_contents(src: int, dst: int, size: int) -> None:
+    """Copy ``size`` bytes between file descriptors inside the kernel (copy_file_range), falling back to
+    read/write where the file systems cannot."""
+    copied = 0
+    try:
+        while copied < size and (n := os.copy_file_range(src, dst, size - copied)):
+            copied += n
+    except OSError:  # EXDEV on old kernels, EINVAL/ENOSYS on some file systems: copy the rest by hand
+        pass
+    if copied < size or os.fstat(src).st_size != copied:
+        os.lseek(src, copied, os.SEEK_SET)
+        os.lseek(dst, copied, os.SEEK_SET)
+        while chunk := os.read(src, 1024 * 1024):
+            os.write(dst, chunk)
 
 
 def _describe_file(table: str, path: Path, fmt: str, label: frozenset[str] | None) -> dict[str, Any]:
