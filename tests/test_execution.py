@@ -254,6 +254,21 @@ def test_kernel_death_is_reported(tmp_path, clean_run_dirs):
     assert Path(info.value.executed_notebook).exists()
 
 
+def test_kernel_that_cannot_start_is_reported(tmp_path, clean_run_dirs):
+    """The run starts its kernel before anything else (BentoResource.run); one that dies during start-up
+    (here: a memory limit too small for Python) fails the run with the kernel's own output, at the cell
+    the notebook was waiting on, and no table is written."""
+    url = seed_duckdb(tmp_path / "wh.duckdb")
+    write_policy(tmp_path, {"raw.types": ["ANALYTICS"]})
+    add_notebook(tmp_path, "tiny", [sql_cell("df", "SELECT * FROM raw.types"), write_cell("df", "mart.never")])
+    with pytest.raises(DagsterBentoKernelDiedError) as info:
+        run(tmp_path, url, memory_limit_mb=20)  # the operator's setting (a spec may not go below 128)
+    message = str(info.value)
+    assert "notebooks/tiny.ipynb" in message and "during startup" in message and "20 MB" in message
+    assert "MemoryError" in message  # the kernel's stderr, quoted
+    assert query(url, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'never'") == [(0,)]
+
+
 def test_timeout_is_reported(tmp_path, clean_run_dirs):
     url = seed_duckdb(tmp_path / "wh.duckdb")
     write_policy(tmp_path, {"raw.types": ["ANALYTICS"]})

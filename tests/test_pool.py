@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ import pytest
 
 from dagster_bento.errors import DagsterBentoKernelDiedError, DagsterBentoTimeoutError
 from dagster_bento.execution.pool import (
+    LocalKernel,
     PoolError,
     check_private_dir,
     default_socket_path,
@@ -255,6 +257,25 @@ def test_second_pool_on_the_same_socket_is_refused(pool: Pool) -> None:
                           str(pool.socket)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "already serves" in out.stderr
     assert pool_status(pool.socket)["ok"]  # the first one still serves
+
+
+def test_local_kernel_is_started_ahead_warm_and_removed(tmp_path: Path) -> None:
+    """What a run without a pool uses: a kernel it starts itself before importing the run stack."""
+    config = Pool(tmp_path / "x", None, tmp_path).config()
+    kernel = LocalKernel(config, run_root=tmp_path, label="early.ipynb")
+    work_dir = kernel.work_dir
+    assert stat.S_IMODE(work_dir.stat().st_mode) == 0o700 and (kernel.run_dir / "inputs").is_dir()
+    with kernel:
+        nb = _nb("import sys\nprint('pandas' in sys.modules, sorted(k for k in dir() if not k.startswith('_')))",
+                 "x = 1")
+        out = execute_notebook(nb, run_dir=kernel.run_dir, config=config, notebook_label="early.ipynb",
+                               lease=kernel)
+        # pandas imported during start-up, without binding a name or using an execution count
+        assert _stdout(out.cells[0]).split(" ", 1)[0] == "True"
+        assert "pandas" not in _stdout(out.cells[0]) and "importlib" not in _stdout(out.cells[0])
+        assert [c.execution_count for c in out.cells] == [1, 2]
+        assert kernel.poll() is not None  # killed at the end of the notebook
+    assert not work_dir.exists()
 
 
 def test_kernel_pool_setting(tmp_path: Path) -> None:

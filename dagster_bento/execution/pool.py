@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -38,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -298,11 +300,7 @@ class KernelPoolServer:
             await kc.wait_for_ready(timeout=self.config.startup_timeout_s)
             if not self.preload:
                 return
-            code = ("import importlib as _bento_il\n"
-                    f"for _bento_m in {list(self.preload)!r}:\n"
-                    "    try:\n        _bento_il.import_module(_bento_m)\n    except ImportError:\n        pass\n"
-                    "del _bento_il, _bento_m\n")
-            msg_id = kc.execute(code, silent=True, store_history=False)
+            msg_id = kc.execute(_preload_code(self.preload), silent=True, store_history=False)
             deadline = time.monotonic() + self.config.startup_timeout_s
             while True:
                 reply = await kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
@@ -543,24 +541,122 @@ class KernelLease:
 
     def kernel_manager(self) -> AsyncKernelManager:
         """A kernel manager that talks to this kernel and kills it through the pool."""
-        km = _LeasedKernelManager(
-            kernel_name=sandbox.KERNEL_NAME,
-            kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(self.state_dir / "kernels")],
-                                                  ensure_native_kernel=False),
-            log=sandbox._INTERNAL_LOG,
-        )
-        km.load_connection_info(self.connection)
-        km.kernel_id = self.kernel_id
-        km.client_factory = sandbox._ReadyClient
-        km.provisioner = _LeasedProvisioner(kernel_id=self.kernel_id, kernel_spec=None, parent=km)
-        km.provisioner.lease = self
-        return km
+        return _attached_kernel_manager(self, self.connection, self.kernel_id)
 
     def __enter__(self) -> "KernelLease":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _attached_kernel_manager(handle: Any, connection: dict[str, Any], kernel_id: str) -> AsyncKernelManager:
+    """A kernel manager for a kernel that is already running (a pool lease or a `LocalKernel`): nbclient
+    attaches to it instead of starting one, and every lifecycle call goes to ``handle``."""
+    km = _LeasedKernelManager(
+        kernel_name=sandbox.KERNEL_NAME,
+        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(handle.state_dir / "kernels")],
+                                              ensure_native_kernel=False),
+        log=sandbox._INTERNAL_LOG,
+    )
+    km.load_connection_info(connection)
+    km.kernel_id = kernel_id
+    km.client_factory = sandbox._ReadyClient
+    km.provisioner = _LeasedProvisioner(kernel_id=kernel_id, kernel_spec=None, parent=km)
+    km.provisioner.lease = handle
+    return km
+
+
+class LocalKernel:
+    """A sandboxed kernel this process starts itself, as early as possible in a run, used like a lease.
+
+    A run's other work before the first cell (importing the run stack in a fresh Dagster step process,
+    checks, the fetch) then overlaps with the kernel's start-up instead of preceding it. The kernel runs
+    exactly what `execute_notebook` would start itself (`sandbox.kernel_argv`: same sandbox, limits and
+    empty environment), plus a silent import of ``preload`` during start-up (IPython's ``exec_lines``:
+    no names are bound and the execution count stays at 0), because every rewritten notebook imports
+    pandas first. `close` kills it and deletes its private directory.
+    """
+
+    def __init__(self, config: SandboxConfig, *, run_root: str | os.PathLike[str] | None = None, label: str = "",
+                 preload: Sequence[str] = DEFAULT_PRELOAD):
+        if config.backend != "bwrap":
+            raise PoolError(f"a local kernel is started for the bwrap sandbox only, not {config.backend!r}")
+        sandbox.check_sandbox_available(config)
+        root = Path(run_root) if run_root else Path(tempfile.gettempdir())
+        root.mkdir(parents=True, exist_ok=True)
+        self.work_dir = Path(tempfile.mkdtemp(prefix="bento-k-", dir=root)).resolve()
+        os.chmod(self.work_dir, 0o700)
+        self.run_dir = self.work_dir / "nb"
+        self.released = False
+        self.ready_s = 0.0
+        self.log = tempfile.TemporaryFile(prefix="bento-kernel-log-")
+        self.process: subprocess.Popen[bytes] | None = None
+        try:
+            self.run_dir.mkdir()
+            for sub in RUN_SUBDIRS:
+                (self.run_dir / sub).mkdir()
+            self.state_dir = sandbox._prepare_state_dir(config, self.run_dir, label or "kernel")
+            from jupyter_client.connect import write_connection_file
+
+            fname, info = write_connection_file(str(self.state_dir / "connection.json"), transport="ipc",
+                                                ip=str(self.state_dir / "ipc"), key=secrets.token_hex(32).encode())
+            self.connection = dict(info)
+            self.kernel_id = str(uuid.uuid4())
+            argv = [a.replace("{connection_file}", fname) for a in sandbox.kernel_argv(config, self.run_dir,
+                                                                                       self.state_dir)]
+            if preload:
+                argv.append("--IPKernelApp.exec_lines=" + json.dumps([_preload_code(preload)]))
+            # like jupyter_client's launcher: its own session (signals go to the whole group), no inherited fds
+            self.process = subprocess.Popen(argv, env={}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=self.log, start_new_session=True, close_fds=True,
+                                            cwd=str(self.run_dir))
+        except BaseException:
+            self.close()
+            raise
+
+    def poll(self) -> int | None:
+        return self.process.poll() if self.process is not None else 0
+
+    def signal(self, signum: int) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signum)  # its own process group (start_new_session)
+
+    def log_tail(self, lines: int = 15) -> str:
+        return sandbox._log_tail(self.log, lines=lines)
+
+    def kernel_manager(self) -> AsyncKernelManager:
+        return _attached_kernel_manager(self, self.connection, self.kernel_id)
+
+    def release(self, *, wait: bool = True) -> None:
+        """Kill the kernel (if still alive); with ``wait``, also delete its directory now (else at `close`)."""
+        if not self.released:
+            self.released = True
+            if self.process is not None:
+                self.signal(signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(timeout=10)
+        if wait:
+            shutil.rmtree(self.work_dir, ignore_errors=True)  # fd-based: never follows the notebook's links
+
+    def close(self) -> None:
+        self.release()
+        self.log.close()
+
+    def __enter__(self) -> "LocalKernel":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _preload_code(modules: Sequence[str]) -> str:
+    return ("import importlib as _bento_il\n"
+            f"for _bento_m in {list(modules)!r}:\n"
+            "    try:\n        _bento_il.import_module(_bento_m)\n    except ImportError:\n        pass\n"
+            "del _bento_il, _bento_m\n")
 
 
 def lease_kernel(socket_path: str | os.PathLike[str], config: SandboxConfig, *, label: str = "",
@@ -662,3 +758,26 @@ class _LeasedKernelManager(AsyncKernelManager):  # type: ignore[misc]
 
     async def cleanup_resources(self, restart: bool = False) -> None:  # type: ignore[override]
         pass
+
+
+def acquire_kernel(resource: Any, config: SandboxConfig, job: Any, run_id: str, log: Any) -> Any:
+    """A kernel for this run that is already starting or running: one lent by the project's kernel pool
+    if one is running and matches ``config``, else one this process starts now (`pool.LocalKernel`).
+    None for the docker and none backends, or when starting one fails: `execute_notebook` then starts
+    its own kernel and reports what is wrong."""
+    if config.backend != "bwrap":
+        return None
+    socket_path = resource.kernel_pool_socket
+    if socket_path is not None:
+        lease, reason = lease_kernel(socket_path, config, label=f"{job.name} (run {run_id[:8]})")
+        if lease is not None:
+            log.info(f"using a pre-started kernel from the kernel pool at {socket_path} "
+                     f"(ready for {lease.ready_s:.0f} s)")
+            return lease
+        if resource.kernel_pool != "auto" or os.path.lexists(socket_path):
+            log.info(f"{reason}; starting a kernel for this run")
+    try:
+        return LocalKernel(config, run_root=resource.run_root, label=job.notebook_path)
+    except Exception as err:  # noqa: BLE001 - execute_notebook starts the kernel itself and reports the problem
+        log.debug(f"could not start the kernel ahead of the run: {err}")
+        return None

@@ -31,6 +31,7 @@ from dagster_bento.errors import (
     DagsterBentoRunError,
 )
 from dagster_bento.execution import artifacts
+from dagster_bento.execution.pool import acquire_kernel
 from dagster_bento.execution.rewrite import input_path, original_index, output_path, rewrite_notebook
 from dagster_bento.lineage import LineageConfig, LineageDataset, LineageEmitter
 from dagster_bento.notebook import parse_notebook_node
@@ -53,10 +54,14 @@ class RunTimings:
 class BentoInvocation:
     """Handle on one notebook run, like dagster-dbt's ``DbtCliInvocation``."""
 
-    def __init__(self, *, resource: Any, context: Any, job: BentoJob, dry_run: bool = False):
+    def __init__(self, *, resource: Any, context: Any, job: BentoJob, dry_run: bool = False,
+                 kernel: Any = None):
         """``dry_run``: fetch, execute and check everything but upload nothing (the review's trial run);
-        the outputs' row counts and schemas are in ``trial_outputs``."""
+        the outputs' row counts and schemas are in ``trial_outputs``. ``kernel``: a kernel already
+        starting for this run (`BentoResource.run` starts it before importing this module); the
+        invocation owns it from now on."""
         self.resource = resource
+        self.kernel = kernel
         self.dry_run = dry_run
         self.trial_outputs: list[dict[str, Any]] = []
         self.context = context
@@ -81,6 +86,9 @@ class BentoInvocation:
             except BaseException as err:
                 self._error = err
                 raise
+            finally:
+                if self.kernel is not None:  # the run ended before it got to use it
+                    self.kernel.close()
         return self._results
 
     def get_error(self) -> BaseException | None:
@@ -120,7 +128,8 @@ class BentoInvocation:
             policy = self._policy()
             read_labels = self._check_reads(policy, job, warehouse)
             config = self.resource.sandbox_config(job.spec)
-            lease = self._lease_kernel(config, job)
+            lease, self.kernel = self.kernel or acquire_kernel(self.resource, config, job, self.context.run_id,
+                                                               self.log), None
             # the only directory the sandbox sees: the pooled kernel's, or one in this run's work dir
             run_dir = lease.run_dir if lease is not None else work_dir / "nb"
             try:
@@ -256,21 +265,6 @@ class BentoInvocation:
                           f"({result.seconds:.2f}s)")
         timings.fetch_s = time.perf_counter() - start
         return fetched
-
-    def _lease_kernel(self, config: Any, job: BentoJob) -> Any:
-        """A pre-started kernel from the project's kernel pool, if one is running and matches ``config``."""
-        socket_path = self.resource.kernel_pool_socket
-        if socket_path is None or config.backend != "bwrap":
-            return None
-        from dagster_bento.execution.pool import lease_kernel
-
-        lease, reason = lease_kernel(socket_path, config, label=f"{job.name} (run {self.context.run_id[:8]})")
-        if lease is not None:
-            self.log.info(f"using a pre-started kernel from the kernel pool at {socket_path} "
-                          f"(ready for {lease.ready_s:.0f} s)")
-        elif self.resource.kernel_pool != "auto" or os.path.lexists(socket_path):
-            self.log.info(f"{reason}; starting a kernel for this run")
-        return lease
 
     def _execute(self, job: BentoJob, run_dir: Path, fmt: str, ds: str, timings: RunTimings,
                  fetch: "concurrent.futures.Future[Any]", config: Any, lease: Any) -> Path:
