@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-import nbformat
 
 from dagster_bento.errors import DagsterBentoNotebookError, Problem
 
@@ -120,6 +119,8 @@ def read_notebook_node(path: Path, display: str) -> tuple[Any | None, bytes, lis
                                    f"is not an nbformat 4 notebook (nbformat={found!r}); "
                                    "open and re-save it with Jupyter 4+")]
     try:
+        import nbformat  # only when a notebook is parsed (not on a warm definitions load)
+
         nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
         nbformat.validate(nb)
     except Exception as err:  # nbformat raises several unrelated types  # noqa: BLE001

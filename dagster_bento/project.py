@@ -15,9 +15,6 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import jinja2.meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 import yaml
 
 from dagster_bento import eligibility, zones
@@ -32,7 +29,6 @@ from dagster_bento.spec import (
     load_schedule_spec,
     spec_path_for,
 )
-from dagster_bento.sql import SqlAnalysisError, analyse_query, normalise_table
 
 NOTEBOOKS_DIR = "notebooks"
 POLICY_FILE = "purpose_zones.yaml"
@@ -137,10 +133,18 @@ def dialect_for_url(url: str | None) -> str | None:
 # rendering
 
 
-# Templates come from notebooks and are rendered by the orchestrator (which holds credentials): the
-# sandboxed environment refuses attribute access to internals (``cycler.__init__.__globals__...``).
-_JINJA = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
-                                       keep_trailing_newline=True)
+@functools.cache
+def _jinja() -> Any:
+    """Templates come from notebooks and are rendered by the orchestrator (which holds credentials): the
+    sandboxed environment refuses attribute access to internals (``cycler.__init__.__globals__...``).
+
+    jinja2, sqlglot and nbformat are imported only when a notebook is parsed or rendered: loading
+    definitions from a warm parse cache (every Dagster process does, twice per run) needs none of them."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                         keep_trailing_newline=True)
 
 
 class RenderError(ValueError):
@@ -157,8 +161,11 @@ def template_context(parameters: Mapping[str, Any], ds: str) -> dict[str, Any]:
 def template_variables(template: str) -> set[str]:
     if "{" not in template:
         return set()
+    import jinja2
+    import jinja2.meta
+
     try:
-        return set(jinja2.meta.find_undeclared_variables(_JINJA.parse(template)))
+        return set(jinja2.meta.find_undeclared_variables(_jinja().parse(template)))
     except jinja2.TemplateSyntaxError:
         return set()
 
@@ -166,8 +173,11 @@ def template_variables(template: str) -> set[str]:
 def render(template: str, context: Mapping[str, Any], computed: Collection[str] = ()) -> str:
     if "{" not in template:
         return template
+    import jinja2
+    from jinja2.sandbox import SecurityError
+
     try:
-        return _JINJA.from_string(template).render(**context)
+        return _jinja().from_string(template).render(**context)
     except jinja2.UndefinedError as err:
         name = str(err).split("'")[1] if "'" in str(err) else str(err)
         if name in computed:
@@ -307,6 +317,8 @@ def resolve_job(parsed: ParsedNotebook, spec: ScheduleSpec, entry: ScheduleEntry
                 dialect: str | None, schema: Mapping[str, Mapping[str, str]] | None = None,
                 ds: str = STATIC_DS) -> tuple[BentoJob | None, list[Problem]]:
     """Render one schedule entry of a notebook and analyse its SQL. Used at load time and at run time."""
+    from dagster_bento.sql import SqlAnalysisError, analyse_query, normalise_table
+
     nb = parsed.path
     problems: list[Problem] = []
     unknown = sorted(set(entry.parameters) - set(parsed.parameters))
