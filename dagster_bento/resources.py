@@ -63,13 +63,15 @@ class BentoResource(dg.ConfigurableResource):
     @property
     def kernel_pool_socket(self) -> Path | None:
         """Where to ask for a pre-started kernel, or None when the pool is off."""
-        if self.kernel_pool in ("off", "false", "False", "none", ""):
+        value = self.kernel_pool.strip()
+        if value.lower() in ("off", "false", "no", "none", "0", ""):
             return None
-        if self.kernel_pool == "auto":
+        if value.lower() in ("auto", "on", "true", "yes", "1"):
             from dagster_bento.execution.pool import default_socket_path
 
             return default_socket_path(self.project_dir)
-        return Path(self.kernel_pool)
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else Path(self.project_dir) / path
 
     def sandbox_config(self, spec: Any = None) -> Any:
         """The sandbox of a run; ``spec`` (a notebook's schedule spec) may pick bwrap or docker and set

@@ -802,15 +802,18 @@ def _read_parquet_shape(request: UploadRequest, notebook: str, table: str, path:
 def _read_arrow_shape(request: UploadRequest, notebook: str, table: str, path: Path) -> tuple[pa.Schema, int]:
     where = _cell_ref("write", notebook, request.cell)
     try:
+        # The notebook wrote this file: Arrow's IPC reader does not check offsets against buffers, so the
+        # whole table is validated before anything (DuckDB's Arrow scan, ADBC, casts) reads it. The file
+        # is the orchestrator's private copy (collect_outputs), so it cannot change after the check.
         with pa.memory_map(str(path)) as source:
-            reader = pa.ipc.open_file(source)
-            full = reader.schema
-            rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+            table = pa.ipc.open_file(source).read_all()
+        table.validate(full=True)
+        full, rows = table.schema, table.num_rows
     except (pa.ArrowException, OSError) as err:
         raise _output_error(
             request,
             notebook,
-            f"{where} wrote {request.path} for table {table}, but it is not a readable Arrow IPC file: {err}. "
+            f"{where} wrote {request.path} for table {table}, but it is not a valid Arrow IPC file: {err}. "
             "Let the write cell write it (data_format: arrow), or write Parquet.",
         ) from err
     fields = [f.remove_metadata() for f in full if not _PANDAS_INDEX_COLUMN.fullmatch(f.name)]
@@ -1403,9 +1406,10 @@ class DuckDBWarehouse(Warehouse):
             for ddl in _META_DDL:
                 con.execute(ddl)
             if check_labels is not None:
-                stored = dict(con.execute(f"SELECT table_name, zones FROM {LABELS_TABLE}").fetchall())
-                prepared = _apply_label_check(
-                    check_labels, prepared, {t: _parse_zones(z) for t, z in stored.items()}, existing)
+                targets = sorted({p.table for p in prepared})
+                rows = con.execute(f"SELECT table_name, zones FROM {LABELS_TABLE} WHERE list_contains($1, table_name)",
+                                   [targets]).fetchall()
+                prepared = _apply_label_check(check_labels, prepared, {t: _parse_zones(z) for t, z in rows}, existing)
             now = _utc_now()
             results = []
             for loaded, p in enumerate(prepared):
@@ -1423,6 +1427,9 @@ class DuckDBWarehouse(Warehouse):
         except (duckdb.Error, pa.ArrowException, OSError, _InjectedFailure) as err:
             self._rollback(con)
             raise _upload_error(err, current, prepared, self) from err
+        except BaseException:  # e.g. a bug in the label check: never leave the transaction open
+            self._rollback(con)
+            raise
 
     @staticmethod
     def _rollback(con: duckdb.DuckDBPyConnection) -> None:
@@ -1768,6 +1775,9 @@ class PostgresWarehouse(Warehouse):
         except (pg_dbapi.Error, pa.ArrowException, OSError, _InjectedFailure, _DependentViewsError) as err:
             self._rollback(conn)
             raise _upload_error(err, current, prepared, self) from err
+        except BaseException:  # e.g. a bug in the label check: never leave the transaction open
+            self._rollback(conn)
+            raise
 
     @staticmethod
     def _rollback(conn: Any) -> None:

@@ -293,3 +293,55 @@ def test_kernel_pool_setting(tmp_path: Path) -> None:
 def test_no_pool_running_is_quiet_and_falls_back(tmp_path: Path) -> None:
     lease, reason = lease_kernel(tmp_path / "nothing.sock", Pool(tmp_path / "x", None, tmp_path).config())
     assert lease is None and "no kernel pool is running" in reason
+
+
+def test_stopping_waits_for_runs_holding_a_kernel_then_a_second_stop_kills(tmp_path: Path) -> None:
+    sock_dir = Path(tempfile.mkdtemp(prefix="bp-", dir="/tmp"))
+    sock = sock_dir / "pool.sock"
+    proc = _start_pool(tmp_path, sock)
+    try:
+        wait_until_ready(sock, timeout_s=60)
+        config = Pool(sock, proc, tmp_path).config()
+        lease, reason = lease_kernel(sock, config)
+        assert lease is not None, reason
+        proc.send_signal(signal.SIGTERM)  # first stop: no new runs, the running one keeps its kernel
+        time.sleep(1.0)
+        assert proc.poll() is None and lease.poll() is None
+        assert lease_kernel(sock, config)[0] is None  # nothing more is lent
+        with lease:
+            out = execute_notebook(_nb("print(6 * 7)"), run_dir=lease.run_dir, config=config,
+                                   notebook_label="late.ipynb", lease=lease)
+        assert _stdout(out.cells[0]) == "42\n"
+        assert proc.wait(timeout=30) == 0 and not sock.exists()
+
+        proc = _start_pool(tmp_path, sock)
+        wait_until_ready(sock, timeout_s=60)
+        lease, reason = lease_kernel(sock, config)
+        assert lease is not None, reason
+        with lease:
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)  # second stop: the kernel goes too
+            assert proc.wait(timeout=30) == 0
+            assert lease.poll() is not None and not lease.run_dir.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def test_socket_visible_in_the_sandbox_or_foreign_run_dir_is_refused(tmp_path: Path) -> None:
+    from dagster_bento.execution.pool import _not_ours, check_socket_path
+
+    config = Pool(tmp_path / "x", None, tmp_path).config()
+    with pytest.raises(PoolError, match="visible inside the sandbox"):
+        check_socket_path(Path(sys.prefix) / "pool.sock", config)
+    check_socket_path(tmp_path / "pool.sock", config)  # outside every bound directory: fine
+    shared = tmp_path / "shared"
+    (shared / "nb").mkdir(parents=True)
+    os.chmod(shared, 0o755)
+    assert "not private" in _not_ours(shared / "nb")
+    assert _not_ours(tmp_path / "missing")
+    os.chmod(shared, 0o700)
+    assert _not_ours(shared / "nb") == ""

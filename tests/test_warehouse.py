@@ -539,7 +539,7 @@ def test_arrow_ipc_fetch_and_upload_round_trip(env: Env) -> None:
     assert env.count(dst) == 8
     broken = env.tmp / "broken.arrow"
     broken.write_bytes(b"not arrow")
-    with pytest.raises(DagsterBentoOutputError, match="not a readable Arrow IPC file"):
+    with pytest.raises(DagsterBentoOutputError, match="not a valid Arrow IPC file"):
         env.wh.upload([UploadRequest(dst, broken, fmt="arrow", notebook=NB, cell=3)], run_id="r2")
     assert env.count(dst) == 8  # nothing written
 

@@ -25,6 +25,7 @@ Protocol: one JSON object per line in each direction.
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -40,6 +41,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -60,6 +62,8 @@ DEFAULT_PRELOAD: tuple[str, ...] = ("pandas", "pyarrow", "pyarrow.parquet")
 RUN_SUBDIRS: tuple[str, ...] = ("inputs", "outputs")
 # How long a run waits for the pool to answer before starting its own kernel.
 CONNECT_TIMEOUT_S = 2.0
+# How long a run waits for any later answer (is the kernel alive, kill it...) before giving the kernel up.
+REQUEST_TIMEOUT_S = 30.0
 _ALLOWED_SIGNALS = {int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGKILL)}
 _HEALTH_INTERVAL_S = 5.0
 
@@ -77,6 +81,17 @@ def default_socket_path(project_dir: str | os.PathLike[str]) -> Path:
     """One pool per project and user: ``$TMPDIR/dagster-bento-<uid>/pool-<hash of the project dir>.sock``."""
     digest = hashlib.sha256(str(Path(project_dir).resolve()).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"dagster-bento-{os.getuid()}" / f"pool-{digest}.sock"
+
+
+def check_socket_path(path: Path, config: SandboxConfig) -> None:
+    """Refuse a socket inside a directory the sandbox binds (the Python installation, the virtualenv,
+    extra binds): a notebook could connect to it (a read-only bind does not stop connect()) and hold the
+    pool's kernels."""
+    visible = [*sandbox._python_roots(), *config.extra_ro_binds]
+    real = os.path.realpath(path.parent)
+    if sandbox._is_under(real, visible):
+        raise PoolError(f"the kernel pool socket {path} would be visible inside the sandbox (under one of "
+                        f"{', '.join(visible)}); put it elsewhere (--socket)")
 
 
 def check_private_dir(path: Path, *, create: bool = False) -> None:
@@ -175,28 +190,46 @@ class KernelPoolServer:
         self._last_activity = time.monotonic()
         self._wake: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
+        self._kill: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
-        """Serve until SIGINT/SIGTERM (or the idle timeout); kernels and their directories go with it."""
+        """Serve until SIGINT/SIGTERM (or the idle timeout). The first signal stops lending and waits for
+        the runs holding a kernel to finish; a second one kills their kernels too."""
         asyncio.run(self.serve())
 
     async def serve(self, ready: "asyncio.Event | None" = None) -> None:
         sandbox.check_sandbox_available(self.config)
+        check_socket_path(self.socket_path, self.config)
         check_private_dir(self.socket_path.parent, create=True)
-        self._unlink_stale_socket()
-        self._wake, self._stop = asyncio.Event(), asyncio.Event()
+        # One pool per socket for the pool's whole life: the lock is released when the process dies.
+        lock = open(self.socket_path.with_name(self.socket_path.name + ".lock"), "a")  # noqa: SIM115
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise PoolError(f"another kernel pool already serves {self.socket_path}") from None
+        try:
+            await self._serve_locked(ready)
+        finally:
+            lock.close()
+
+    async def _serve_locked(self, ready: "asyncio.Event | None") -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)  # left over from a pool that was killed (we hold the lock)
+        self._wake, self._stop, self._kill = asyncio.Event(), asyncio.Event(), asyncio.Event()
         old_umask = os.umask(0o177)  # the socket is created 0600
         try:
             server = await asyncio.start_unix_server(self._handle, path=str(self.socket_path))
         finally:
             os.umask(old_umask)
+        inode = os.stat(self.socket_path).st_ino
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not on the main thread
-                loop.add_signal_handler(signum, self._stop.set)
+                loop.add_signal_handler(signum, self.stop)
         self.log.info(f"kernel pool listening on {self.socket_path} (size {self.size}, preload "
                       f"{', '.join(self.preload) or 'nothing'})")
         filler = asyncio.ensure_future(self._fill())
@@ -205,6 +238,19 @@ class KernelPoolServer:
             ready.set()
         try:
             await self._stop.wait()
+            server.close()  # no new runs; the ones holding a kernel finish (unless stopped again)
+            filler.cancel()
+            health.cancel()
+            for kernel in self.ready:
+                await self._discard(kernel)
+            self.ready.clear()
+            if self._tasks:
+                self.log.info(f"kernel pool stopping: waiting for {self.leased} run(s) holding a kernel "
+                              "(stop again to kill their kernels)")
+                waiting = asyncio.ensure_future(asyncio.gather(*self._tasks, return_exceptions=True))
+                killing = asyncio.ensure_future(self._kill.wait())
+                await asyncio.wait({waiting, killing}, return_when=asyncio.FIRST_COMPLETED)
+                killing.cancel()
         finally:
             server.close()
             filler.cancel()
@@ -215,31 +261,18 @@ class KernelPoolServer:
             for kernel in self.ready:
                 await self._discard(kernel)
             self.ready.clear()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.socket_path)
+            with contextlib.suppress(OSError):
+                if os.stat(self.socket_path).st_ino == inode:  # never another pool's socket
+                    os.unlink(self.socket_path)
             self.log.info("kernel pool stopped")
 
     def stop(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
-
-    def _unlink_stale_socket(self) -> None:
-        try:
-            st = os.lstat(self.socket_path)
-        except FileNotFoundError:
+        """Stop lending kernels and wait for the runs holding one; called again, kill those kernels too."""
+        if self._stop is None or self._kill is None:
             return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise PoolError(f"{self.socket_path} exists and is not a socket; remove it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.settimeout(1.0)
-            probe.connect(str(self.socket_path))
-        except OSError:
-            os.unlink(self.socket_path)  # nobody listens: left over from a pool that was killed
-            return
-        finally:
-            probe.close()
-        raise PoolError(f"another kernel pool already serves {self.socket_path}")
+        if self._stop.is_set():
+            self._kill.set()
+        self._stop.set()
 
     # -- keeping kernels ready --------------------------------------------------------------------
 
@@ -279,7 +312,9 @@ class KernelPoolServer:
         try:
             state = sandbox._prepare_state_dir(self.config, run_dir, "kernel pool")
             km = sandbox._make_kernel_manager(self.config, run_dir, state)
-            await km.start_kernel(env={}, stdout=subprocess.DEVNULL, stderr=log)
+            # as nbclient starts kernels: IPython's history in memory, not in a file in the sandbox's /tmp
+            await km.start_kernel(env={}, stdout=subprocess.DEVNULL, stderr=log,
+                                  extra_arguments=["--HistoryManager.hist_file=:memory:"])
             await self._warm(km)
         except BaseException:
             if km is not None:
@@ -316,12 +351,15 @@ class KernelPoolServer:
         assert self._stop is not None and self._wake is not None
         while True:
             await asyncio.sleep(_HEALTH_INTERVAL_S)
-            for kernel in list(self.ready):
-                if not await kernel.km.is_alive():
-                    self.log.warning(f"kernel pool: a ready kernel died:\n{sandbox._log_tail(kernel.log)}")
-                    self.ready.remove(kernel)
-                    await self._discard(kernel)
-                    self._wake.set()
+            try:
+                for kernel in list(self.ready):
+                    if not await kernel.km.is_alive() and kernel in self.ready:  # (not lent meanwhile)
+                        self.log.warning(f"kernel pool: a ready kernel died:\n{sandbox._log_tail(kernel.log)}")
+                        self.ready.remove(kernel)
+                        await self._discard(kernel)
+                        self._wake.set()
+            except Exception as err:  # noqa: BLE001 - keep checking
+                self.log.error(f"kernel pool: health check failed: {err}")
             idle = time.monotonic() - self._last_activity
             if self.idle_exit_s is not None and self.leased == 0 and idle > self.idle_exit_s:
                 self.log.info(f"kernel pool: idle for {idle:.0f} s, stopping")
@@ -332,7 +370,8 @@ class KernelPoolServer:
             await kernel.km.shutdown_kernel(now=True)
         with contextlib.suppress(Exception):
             await kernel.km.cleanup_resources()
-        shutil.rmtree(kernel.work_dir, ignore_errors=True)
+        # a big run directory takes a while to delete: not on the loop that answers every run
+        await asyncio.to_thread(shutil.rmtree, kernel.work_dir, ignore_errors=True)
         kernel.log.close()
 
     # -- serving runs -----------------------------------------------------------------------------
@@ -356,11 +395,15 @@ class KernelPoolServer:
                 await _send(writer, {"ok": False, "reason": f"unknown request {op!r}"})
                 return
             self._last_activity = time.monotonic()
-            kernel, reason = await self._take(request.get("key"))
+            self.leased += 1  # before any await: the idle check must not stop the pool under this run
+            try:
+                kernel, reason = await self._take(request.get("key"))
+            finally:
+                if kernel is None:
+                    self.leased -= 1
             if kernel is None:
                 await _send(writer, {"ok": False, "reason": reason})
                 return
-            self.leased += 1
             self.served += 1
             label = str(request.get("label", ""))[:200]
             self.log.info(f"kernel pool: lent a kernel to {label or 'a run'} "
@@ -373,6 +416,8 @@ class KernelPoolServer:
             await self._serve_lease(kernel, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except Exception as err:  # noqa: BLE001 - a bad request ends its connection, not the pool
+            self.log.warning(f"kernel pool: dropped a connection: {err!r}")
         finally:
             if kernel is not None:
                 self.leased -= 1
@@ -387,12 +432,19 @@ class KernelPoolServer:
                 self._tasks.discard(task)
 
     async def _take(self, key: Any) -> tuple[_Kernel | None, str]:
+        if self._stop is not None and self._stop.is_set():
+            return None, "the kernel pool is stopping"
         if key != self.key:
             return None, ("the pool's sandbox settings differ from this run's: "
                           f"{_describe_key_difference_remote(self.config)}")
         while self.ready:
             kernel = self.ready.pop(0)
-            if await kernel.km.is_alive():
+            try:
+                alive = await kernel.km.is_alive()
+            except BaseException:
+                await asyncio.shield(self._discard(kernel))  # never lose a kernel that left the list
+                raise
+            if alive:
                 return kernel, ""
             await self._discard(kernel)
             assert self._wake is not None
@@ -407,7 +459,7 @@ class KernelPoolServer:
                 status = await kernel.km.provisioner.poll() if kernel.km.provisioner is not None else 0
                 await _send(writer, {"status": status})
             elif op == "signal":
-                signum = int(request.get("signum", 0))
+                signum = int(request.get("signum", 0) or 0)
                 if signum in _ALLOWED_SIGNALS and kernel.km.has_kernel:
                     with contextlib.suppress(Exception):
                         await kernel.km.signal_kernel(signum)
@@ -489,8 +541,14 @@ class KernelLease:
         with self._lock:
             if self.released:
                 raise PoolError("the kernel was already released")
-            self._sock.sendall(json.dumps(message).encode() + b"\n")
-            line = self._file.readline()
+            try:
+                self._sock.sendall(json.dumps(message).encode() + b"\n")
+                line = self._file.readline()
+            except TimeoutError as err:  # a stuck pool: give up on the lease (the pool kills the kernel)
+                self.released = True
+                with contextlib.suppress(OSError):
+                    self._sock.close()
+                raise PoolError(f"the kernel pool did not answer within {REQUEST_TIMEOUT_S:g} s") from err
         if not line:
             raise PoolError("the kernel pool closed the connection")
         reply = json.loads(line)
@@ -529,8 +587,10 @@ class KernelLease:
                 self.request({"op": "release"})
             else:
                 with self._lock:
-                    self._sock.sendall(b'{"op": "release"}\n')
-        self.released = True
+                    if not self.released:
+                        self._sock.sendall(b'{"op": "release"}\n')
+        with self._lock:
+            self.released = True
 
     def close(self) -> None:
         """End the lease (releasing the kernel first if that has not happened)."""
@@ -605,12 +665,16 @@ class LocalKernel:
             self.kernel_id = str(uuid.uuid4())
             argv = [a.replace("{connection_file}", fname) for a in sandbox.kernel_argv(config, self.run_dir,
                                                                                        self.state_dir)]
+            argv.append("--HistoryManager.hist_file=:memory:")  # as nbclient starts kernels
             if preload:
                 argv.append("--IPKernelApp.exec_lines=" + json.dumps([_preload_code(preload)]))
             # like jupyter_client's launcher: its own session (signals go to the whole group), no inherited fds
             self.process = subprocess.Popen(argv, env={}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                             stderr=self.log, start_new_session=True, close_fds=True,
                                             cwd=str(self.run_dir))
+            # if the run never gets to close it (an invocation that is never waited on), garbage collection
+            # or the interpreter's exit still kills the kernel and deletes its directory
+            self._finalizer = weakref.finalize(self, _remove_local_kernel, self.process, self.work_dir)
         except BaseException:
             self.close()
             raise
@@ -644,12 +708,24 @@ class LocalKernel:
     def close(self) -> None:
         self.release()
         self.log.close()
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None:
+            finalizer.detach()
 
     def __enter__(self) -> "LocalKernel":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _remove_local_kernel(process: "subprocess.Popen[bytes]", work_dir: Path) -> None:
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+    shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def _preload_code(modules: Sequence[str]) -> str:
@@ -684,8 +760,31 @@ def lease_kernel(socket_path: str | os.PathLike[str], config: SandboxConfig, *, 
         sock.close()
         reason = reply.get("reason") if isinstance(reply, dict) else "no answer"
         return None, f"the kernel pool at {path} has no kernel for this run: {reason}"
-    sock.settimeout(None)
-    return KernelLease(sock, reply, path), ""
+    sock.settimeout(REQUEST_TIMEOUT_S)
+    try:
+        lease = KernelLease(sock, reply, path)
+    except (KeyError, TypeError, ValueError) as err:
+        sock.close()
+        return None, f"the kernel pool at {path} sent a malformed answer ({err!r})"
+    problem = _not_ours(lease.run_dir)
+    if problem:  # e.g. the pool runs in another container or with another TMPDIR or PrivateTmp
+        lease.close()
+        return None, (f"the kernel pool at {path} lent a kernel whose directory {lease.run_dir} this process "
+                      f"cannot use ({problem}); run the pool as the same user, in the same file system view")
+    return lease, ""
+
+
+def _not_ours(run_dir: Path) -> str:
+    """Why ``run_dir`` (from the pool) is not a directory of ours in a private parent, or ""."""
+    try:
+        st, parent = os.lstat(run_dir), os.lstat(run_dir.parent)
+    except OSError as err:
+        return err.strerror or str(err)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        return "not a directory of this user"
+    if parent.st_uid != os.getuid() or parent.st_mode & 0o077:
+        return "its parent is not private to this user"
+    return ""
 
 
 def pool_status(socket_path: str | os.PathLike[str], timeout_s: float = CONNECT_TIMEOUT_S) -> dict[str, Any]:
@@ -757,7 +856,9 @@ class _LeasedKernelManager(AsyncKernelManager):  # type: ignore[misc]
             await self.provisioner.wait()
 
     async def cleanup_resources(self, restart: bool = False) -> None:  # type: ignore[override]
-        pass
+        """The kernel's files belong to whoever started it; only this manager's zmq context is ours."""
+        if self._created_context and not restart:
+            self.context.destroy(linger=100)
 
 
 def acquire_kernel(resource: Any, config: SandboxConfig, job: Any, run_id: str, log: Any) -> Any:
@@ -774,7 +875,7 @@ def acquire_kernel(resource: Any, config: SandboxConfig, job: Any, run_id: str, 
             log.info(f"using a pre-started kernel from the kernel pool at {socket_path} "
                      f"(ready for {lease.ready_s:.0f} s)")
             return lease
-        if resource.kernel_pool != "auto" or os.path.lexists(socket_path):
+        if resource.kernel_pool.strip().lower() not in ("auto", "on", "true", "yes", "1") or os.path.lexists(socket_path):
             log.info(f"{reason}; starting a kernel for this run")
     try:
         return LocalKernel(config, run_root=resource.run_root, label=job.notebook_path)

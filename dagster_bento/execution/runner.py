@@ -7,6 +7,7 @@ The run directory holding the data files is deleted whatever happens.
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -88,7 +89,8 @@ class BentoInvocation:
                 raise
             finally:
                 if self.kernel is not None:  # the run ended before it got to use it
-                    self.kernel.close()
+                    kernel, self.kernel = self.kernel, None
+                    kernel.close()
         return self._results
 
     def get_error(self) -> BaseException | None:
@@ -173,13 +175,18 @@ class BentoInvocation:
             raise
         finally:
             if lease is not None:
-                lease.close()  # the pool starts the next kernel once this run no longer needs the CPU
-            if self.executed_notebook is not None and self.resource.html:
-                artifacts.render_html_in_background(self.executed_notebook)
+                with contextlib.suppress(Exception):
+                    lease.close()  # the pool starts the next kernel once this run no longer needs the CPU
             if work_dir is not None:
                 shutil.rmtree(work_dir, ignore_errors=True)
             if warehouse is not None:
-                warehouse.close()
+                with contextlib.suppress(Exception):
+                    warehouse.close()
+            if self.executed_notebook is not None and self.resource.html:
+                try:
+                    artifacts.render_html_in_background(self.executed_notebook)
+                except OSError as err:  # the run's outcome stands; only its HTML copy is missing
+                    self.log.warning(f"could not start rendering {self.executed_notebook} to HTML: {err}")
         outputs = [LineageDataset(u.table, columns=tuple((c.name, c.type) for c in u.columns),
                                   zones=labels.get(u.table), row_count=u.rows_written,
                                   column_lineage=_ol_column_lineage(job, u))
