@@ -2,6 +2,12 @@
 
 Every ratio is taken against baselines measured in the SAME run (medians of ``--reps``):
 
+Every dagster-bento path runs twice: with the kernel started by the run itself, and with a kernel lent
+by ``dagster-bento kernel-pool`` (one pool process per project, on a private socket; the benchmark waits,
+untimed, until the pool has a ready kernel before such a run and until it has started the next one
+after it). (b) also runs the pooled path with ``data_format: arrow``. After every bento run the
+benchmark waits, untimed, for the detached HTML rendering of the executed notebook.
+
 (a) trivial notebook, in-process, imports already paid: ``dagster.materialize`` of the bento multi-asset
     (embedded DuckDB file, bwrap sandbox) vs ``papermill.execute_notebook`` of the equivalent plain
     notebook; with the bento run's ``dagster_bento/timings_s`` breakdown.

@@ -162,6 +162,7 @@ class _Kernel:
     km: AsyncKernelManager
     log: IO[bytes]
     started: float  # time.monotonic() when it became ready
+    discarded: bool = False
 
 
 class KernelPoolServer:
@@ -366,6 +367,9 @@ class KernelPoolServer:
                 self._stop.set()
 
     async def _discard(self, kernel: _Kernel) -> None:
+        if kernel.discarded:
+            return
+        kernel.discarded = True
         with contextlib.suppress(Exception):
             await kernel.km.shutdown_kernel(now=True)
         with contextlib.suppress(Exception):

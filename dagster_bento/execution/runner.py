@@ -28,7 +28,6 @@ from dagster_bento import zones
 from dagster_bento.errors import (
     DagsterBentoError,
     DagsterBentoOutputError,
-    DagsterBentoPolicyError,
     DagsterBentoRunError,
 )
 from dagster_bento.execution import artifacts
