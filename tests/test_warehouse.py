@@ -1087,3 +1087,20 @@ def test_label_check_runs_inside_the_upload_transaction(env: Env) -> None:
         env.wh.upload([UploadRequest(fresh, path, mode="append"), UploadRequest(refused, path)], run_id="r2",
                       check_labels=refuse)
     assert not env.wh.table_exists(refused) and env.count(fresh) == 2  # rolled back as a whole
+
+
+def test_arrow_file_with_corrupt_offsets_is_refused_before_loading(duck_env: Env) -> None:
+    """A notebook controls its output files; Arrow's IPC reader does not check string offsets, so a crafted
+    file could make the orchestrator read outside its buffers. The upload validates it fully first."""
+    table = pa.table({"s": pa.array(["ab", "cd", "ef"])})
+    path = duck_env.tmp / "crafted.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    data = path.read_bytes()
+    offsets = b"".join(i.to_bytes(4, "little") for i in (0, 2, 4, 6))
+    assert data.count(offsets) == 1
+    path.write_bytes(data.replace(offsets, b"".join(i.to_bytes(4, "little") for i in (0, 2, 4, 1 << 30))))
+    target = duck_env.t("crafted")
+    with pytest.raises(DagsterBentoOutputError, match="not a valid Arrow IPC file"):
+        duck_env.wh.upload([UploadRequest(target, path, fmt="arrow", notebook=NB, cell=2)], run_id="r1")
+    assert not duck_env.exists(target)
