@@ -134,9 +134,9 @@ class BentoInvocation:
             # the only directory the sandbox sees: the pooled kernel's, or one in this run's work dir
             run_dir = lease.run_dir if lease is not None else work_dir / "nb"
             try:
-                # The kernel starts (~0.7 s; already running if it came from the pool) and runs the
-                # cells before the first SQL cell while the orchestrator fetches; a SQL cell's read
-                # line waits for the fetch.
+                # The kernel is already starting (BentoResource.run started it) or running (from the
+                # pool); it runs the cells before the first SQL cell while the orchestrator fetches, and
+                # a SQL cell's read line waits for the fetch.
                 with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bento-fetch") as pool:
                     fetch = pool.submit(self._fetch, job, warehouse, run_dir, fmt, timings)
                     try:
