@@ -643,14 +643,16 @@ class _PreparedUpload:
     notebook: str
     arrow_ipc: bool = False  # ``parquet`` is an Arrow IPC file (data_format: arrow)
 
-    def open_table(self) -> pa.Table:
-        """The file's data columns as an Arrow table; an Arrow IPC file is memory-mapped (no copy)."""
+    def open_table(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """The file's data columns (or ``columns``) as an Arrow table; an Arrow IPC file is memory-mapped
+        (no copy), a Parquet file reads only those columns."""
+        names = list(columns) if columns is not None else self.schema.names
         if self.arrow_ipc:
             with pa.memory_map(str(self.parquet)) as source:
                 table = pa.ipc.open_file(source).read_all()
         else:
-            table = pq.read_table(self.parquet, columns=self.schema.names)
-        return table.select(self.schema.names).cast(self.schema)
+            table = pq.read_table(self.parquet, columns=names)
+        return table.select(names).cast(pa.schema([self.schema.field(n) for n in names]))
 
     def batches(self) -> pa.RecordBatchReader:
         """The file's data columns, batch by batch (as written, without metadata)."""
@@ -795,8 +797,12 @@ def _read_parquet_shape(request: UploadRequest, notebook: str, table: str, path:
             f"{where} wrote {request.path} for table {table}, but it is not a readable Parquet file: {err}. "
             "Write it with df.to_parquet(path, index=False).",
         ) from err
-    fields = [f.remove_metadata() for f in full if not _PANDAS_INDEX_COLUMN.fullmatch(f.name)]
-    return pa.schema(fields), rows
+    return _data_schema(full), rows
+
+
+def _data_schema(full: pa.Schema) -> pa.Schema:
+    """The columns to load: pandas index columns dropped, metadata removed."""
+    return pa.schema([f.remove_metadata() for f in full if not _PANDAS_INDEX_COLUMN.fullmatch(f.name)])
 
 
 def _read_arrow_shape(request: UploadRequest, notebook: str, table: str, path: Path) -> tuple[pa.Schema, int]:
@@ -806,9 +812,9 @@ def _read_arrow_shape(request: UploadRequest, notebook: str, table: str, path: P
         # whole table is validated before anything (DuckDB's Arrow scan, ADBC, casts) reads it. The file
         # is the orchestrator's private copy (collect_outputs), so it cannot change after the check.
         with pa.memory_map(str(path)) as source:
-            table = pa.ipc.open_file(source).read_all()
-        table.validate(full=True)
-        full, rows = table.schema, table.num_rows
+            data = pa.ipc.open_file(source).read_all()
+        data.validate(full=True)
+        full, rows = data.schema, data.num_rows
     except (pa.ArrowException, OSError) as err:
         raise _output_error(
             request,
@@ -816,8 +822,7 @@ def _read_arrow_shape(request: UploadRequest, notebook: str, table: str, path: P
             f"{where} wrote {request.path} for table {table}, but it is not a valid Arrow IPC file: {err}. "
             "Let the write cell write it (data_format: arrow), or write Parquet.",
         ) from err
-    fields = [f.remove_metadata() for f in full if not _PANDAS_INDEX_COLUMN.fullmatch(f.name)]
-    return pa.schema(fields), rows
+    return _data_schema(full), rows
 
 
 def _check_unique_columns(request: UploadRequest, notebook: str, table: str, schema: pa.Schema) -> None:
@@ -896,7 +901,7 @@ def _check_partition(request: UploadRequest, notebook: str, table: str, p: _Prep
             f"has no such column (it has: {', '.join(schema.names)}). Add df[{column!r}] = {value!r} in the "
             "notebook before writing.",
         )
-    values = p.open_table().column(column)
+    values = p.open_table([column]).column(0)
     if pa.types.is_dictionary(values.type):
         values = values.cast(values.type.value_type)
     try:

@@ -653,7 +653,6 @@ class LocalKernel:
         os.chmod(self.work_dir, 0o700)
         self.run_dir = self.work_dir / "nb"
         self.released = False
-        self.ready_s = 0.0
         self.log = tempfile.TemporaryFile(prefix="bento-kernel-log-")
         self.process: subprocess.Popen[bytes] | None = None
         try:
