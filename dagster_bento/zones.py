@@ -252,76 +252,32 @@ def violation_error(v: ZoneViolation) -> DagsterBentoPolicyError:
 # Table names
 # --------------------------------------------------------------------------------------------------
 
-_CLOSING_QUOTE: Final = {'"': '"', "`": "`", "[": "]"}
+def _split_identifier(name: str, dialect: str | None = None) -> list[str]:
+    """Split ``a.b.c`` into folded parts (see :mod:`dagster_bento.tables`)."""
+    from dagster_bento import tables
 
-
-def _split_identifier(name: str) -> list[str]:
-    """Split ``a.b.c`` into parts, honouring ``"quoted"``, ```quoted``` and ``[quoted]`` parts."""
-    s, n, i, parts = name, len(name), 0, []
-    while True:
-        while i < n and s[i].isspace():
-            i += 1
-        if i >= n:
-            raise ValueError(f"invalid table name {name!r}: empty part")
-        if s[i] in _CLOSING_QUOTE:
-            close, j, buf = _CLOSING_QUOTE[s[i]], i + 1, []
-            while True:
-                if j >= n:
-                    raise ValueError(f"invalid table name {name!r}: unbalanced quote")
-                if s[j] == close:
-                    if j + 1 < n and s[j + 1] == close:  # doubled quote = escaped quote
-                        buf.append(close)
-                        j += 2
-                        continue
-                    j += 1
-                    break
-                buf.append(s[j])
-                j += 1
-            part = "".join(buf)
-        else:
-            j = i
-            while j < n and s[j] != "." and not s[j].isspace():
-                if s[j] in '"`':
-                    raise ValueError(f"invalid table name {name!r}: stray quote")
-                j += 1
-            part = s[i:j]
-        if not part:
-            raise ValueError(f"invalid table name {name!r}: empty part")
-        parts.append(part.lower())
-        i = j
-        while i < n and s[i].isspace():
-            i += 1
-        if i >= n:
-            return parts
-        if s[i] != ".":
-            raise ValueError(f"invalid table name {name!r}: unexpected {s[i]!r}")
-        i += 1
+    return tables.split_name(name, dialect)
 
 
 @functools.lru_cache(maxsize=65536)  # pure; the static check normalises the same names many times
-def normalize_table_name(name: str, default_schema: str = "main") -> str:
-    """Lower-case ``schema.table`` (or ``catalog.schema.table``); a bare ``table`` gets ``default_schema``.
+def normalize_table_name(name: str, default_schema: str = "main", dialect: str | None = None) -> str:
+    """Canonical ``schema.table`` (or ``catalog.schema.table``); a bare ``table`` gets ``default_schema``.
 
-    ``'"CORE"."Users"'`` and ``'users'`` (default schema ``core``) both give ``'core.users'``. Glob
-    patterns such as ``events.clicks_*`` pass through (lower-cased). Raises ``ValueError`` on a name
-    that is not a table name.
+    ``'"CORE"."Users"'`` and ``'users'`` (default schema ``core``) both give ``'core.users'`` unless
+    ``dialect`` is ``postgres``, where a quoted part keeps its case (``core."Users"``). Glob patterns such as
+    ``events.clicks_*`` pass through (lower-cased). Raises ``ValueError`` on a name that is not a table name.
+    One implementation for the SQL analysis, the zones and the warehouse: :func:`dagster_bento.tables.normalise`.
     """
-    parts = _split_identifier(name)
-    if len(parts) == 1:
-        parts = [default_schema.lower(), *parts]
-    if len(parts) > 3:
-        raise ValueError(f"invalid table name {name!r}: more than catalog.schema.table")
-    return ".".join(parts)
+    from dagster_bento import tables
+
+    return tables.normalise(name, default_schema, dialect)
 
 
-def _normalize_key(key: str, default_schema: str) -> str:
+def _normalize_key(key: str, default_schema: str, dialect: str | None = None) -> str:
     """A policy ``tables:`` key: a glob (``*`` or ``?``) is split on dots as is, else like a table name."""
-    if "*" not in key and "?" not in key:
-        return normalize_table_name(key, default_schema)
-    parts = [p.strip().lower() for p in key.split(".")]
-    if not all(parts) or len(parts) > 3 or any(c.isspace() or c in '"`' for p in parts for c in p):
-        raise ValueError(f"invalid table pattern {key!r}")
-    return ".".join([default_schema.lower(), *parts] if len(parts) == 1 else parts)
+    from dagster_bento import tables
+
+    return tables.normalise_pattern(key, default_schema, dialect)
 
 
 def _is_glob(name: str) -> bool:

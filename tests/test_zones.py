@@ -453,13 +453,25 @@ def test_row_20_conflict_details_and_non_conflicts(policy: PurposePolicy) -> Non
         ("`core`.`users`", "core.users"),
         ("[core].[users]", "core.users"),
         (" core . users ", "core.users"),
-        ('"we""ird"', 'core.we"ird'),
+        ('"we""ird"', 'core."we""ird"'),  # canonical form: a part that is not plain lower case is quoted
+        ('core."x.y"', 'core."x.y"'),
         ("cat.core.users", "cat.core.users"),
         ("events.clicks_*", "events.clicks_*"),
     ],
 )
 def test_row_21_normalise(name: str, expected: str) -> None:
     assert normalize_table_name(name, "core") == expected
+    assert normalize_table_name(expected, "core") == expected  # canonical names normalise to themselves
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [('"Salaries"', 'core."Salaries"'), ("Salaries", "core.salaries"), ('"CORE"."Users"', '"CORE"."Users"'),
+     ('"a.b"', 'core."a.b"'), ("c.s.t", "c.s.t")],
+)
+def test_normalise_postgres_quoted_names_keep_case(name: str, expected: str) -> None:
+    assert normalize_table_name(name, "core", "postgres") == expected
+    assert normalize_table_name(expected, "core", "postgres") == expected
 
 
 @pytest.mark.parametrize("name", ["", "core.", ".users", '"core.users', "a.b.c.d", "core users", 'co"re.users'])
