@@ -13,6 +13,7 @@ from typing import Any
 
 import dagster as dg
 
+from dagster_bento.errors import Problem
 from dagster_bento.project import BentoProject, dialect_for_url, load_config, load_project
 from dagster_bento.spec import BentoJob
 from dagster_bento.translator import META, BentoTableProps, DagsterBentoTranslator
@@ -130,14 +131,78 @@ def resolve_warehouse_url(project_dir: Path, config_url: str | None, warehouse_u
     return f"duckdb:///{(project_dir / 'warehouse.duckdb').resolve()}"
 
 
+def contain_problems(project: BentoProject) -> tuple[BentoProject, dict[str, list[Problem]]]:
+    """The project without its broken notebooks, and their error problems by notebook path.
+
+    One broken notebook never stops the others: a notebook with an error (of its own, of its spec, or a
+    cross-notebook one reported on it) gets no assets and no schedule. An error in the project's own
+    files (``bento.yaml``, ``purpose_zones.yaml``) breaks every notebook: without a valid policy no
+    read or write can be judged, so nothing is scheduled (fail closed).
+    """
+    from dagster_bento.project import CONFIG_FILE, POLICY_FILE
+
+    by_spec = {j.spec.path: j.notebook_path for j in project.jobs}
+    notebook_paths = {nb.path for nb in project.notebooks} | {j.notebook_path for j in project.jobs}
+    broken: dict[str, list[Problem]] = {}
+    project_wide: list[Problem] = []
+    for problem in project.errors:
+        where = by_spec.get(problem.notebook, problem.notebook)
+        if where.endswith(".bento.yaml"):
+            where = where.removesuffix(".bento.yaml") + ".ipynb"
+        if where in notebook_paths or where.endswith(".ipynb"):
+            broken.setdefault(where, []).append(problem)
+        else:
+            project_wide.append(problem)
+    if project_wide or any(p.notebook in (CONFIG_FILE, POLICY_FILE) for p in project.errors):
+        broken[PROJECT_PLACEHOLDER] = project_wide
+        jobs: tuple[BentoJob, ...] = ()
+    else:
+        jobs = tuple(j for j in project.jobs if j.notebook_path not in broken)
+    return dataclasses.replace(project, jobs=jobs), broken
+
+
+PROJECT_PLACEHOLDER = "(project)"
+BROKEN_GROUP = "bento_broken"
+
+
+def broken_notebook_asset(notebook: str, problems: Sequence[Problem]) -> dg.AssetsDefinition:
+    """A placeholder for a notebook that does not load: visible in the asset graph with its problems;
+    materializing it fails with the same list. It has no schedule and no upstream edges."""
+    from dagster_bento.errors import DagsterBentoProjectError, format_problems
+
+    stem = "project" if notebook == PROJECT_PLACEHOLDER else notebook.removesuffix(".ipynb")
+    key = dg.AssetKey([BROKEN_GROUP, *[_key_part(p) for p in stem.split("/")]])
+    header = (f"dagster-bento could not load {notebook}; it is not scheduled until these problems are fixed "
+              "(`dagster-bento check` lists them):" if notebook != PROJECT_PLACEHOLDER else
+              "dagster-bento could not load the project's files; no notebook is scheduled until these "
+              "problems are fixed (`dagster-bento check` lists them):")
+    text = format_problems(problems, header=header)
+
+    @dg.asset(key=key, group_name=BROKEN_GROUP, description=text,
+              metadata={f"{META}/problems": dg.MetadataValue.md(
+                  "\n".join(f"- `{p.code}` {p.location()}: {p.message}" for p in sorted(problems))),
+                  f"{META}/notebook": notebook},
+              tags={f"{META}/broken": "true"}, kinds={"jupyter"})
+    def _broken(context):  # noqa: ARG001 -- fails with the problems, never runs the notebook
+        raise DagsterBentoProjectError(list(problems), header=header)
+
+    return _broken
+
+
+def _key_part(text: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in text) or "_"
+
+
 def build_bento_definitions(*, project_dir: str | Path, warehouse_url: str | None = None,
                             translator: DagsterBentoTranslator | None = None,
-                            resource: Any = None, raise_on_problems: bool = True,
+                            resource: Any = None, raise_on_problems: bool | None = None,
                             automation: bool = True) -> dg.Definitions:
     """Every scheduled notebook under ``<project_dir>/notebooks`` as Dagster definitions.
 
-    Raises `DagsterBentoProjectError` listing every static problem (also what ``dagster-bento check``
-    reports) unless ``raise_on_problems=False``, in which case broken notebooks are left out.
+    A notebook with a static problem (what ``dagster-bento check`` reports) is contained: it appears as
+    a placeholder asset in the ``bento_broken`` group naming its problems, gets no schedule, and every
+    other notebook loads. ``raise_on_problems=True`` (or ``strict_loading: true`` in ``bento.yaml``)
+    instead raises `DagsterBentoProjectError` listing every problem.
     """
     from dagster_bento import automation as automation_mod
     from dagster_bento.resources import BentoResource
@@ -147,21 +212,25 @@ def build_bento_definitions(*, project_dir: str | Path, warehouse_url: str | Non
     url = resolve_warehouse_url(project_dir, config.warehouse_url, warehouse_url)
     schema = introspect_schema(url) if config.introspect_schema else None
     project = load_project(project_dir, warehouse_url=warehouse_url, schema=schema)
-    if raise_on_problems:
+    strict = config.strict_loading if raise_on_problems is None else raise_on_problems
+    if strict:
         project.raise_on_errors()
-    else:
-        broken = {p.notebook for p in project.errors}
-        project = dataclasses.replace(project, jobs=tuple(
-            j for j in project.jobs if j.notebook_path not in broken and j.spec.path not in broken))
+    project, broken = contain_problems(project)
+    for notebook, problems in sorted(broken.items()):
+        logging.getLogger("dagster_bento").error(
+            f"{notebook} is not scheduled: " + "; ".join(str(p) for p in sorted(problems)))
     auto = automation_mod.BentoAutomation(project) if automation else None
     externals, multi = build_bento_assets(project, translator=translator, warehouse_url=url, automation=auto,
                                           schema=schema)
+    placeholders = [broken_notebook_asset(nb, problems) for nb, problems in sorted(broken.items())]
     resource = resource or BentoResource.for_project(project, warehouse_url=url)
     extra: dict[str, list[Any]] = (auto.definitions(multi, externals, url) if auto
                                    else {"schedules": [], "sensors": []})
-    resources: dict[str, Any] = {RESOURCE_KEY: resource}
+    # The definitions hold a resource whose run config can only narrow (resources.py docstring).
+    resources: dict[str, Any] = {RESOURCE_KEY: resource.as_resource_definition()
+                                 if isinstance(resource, BentoResource) else resource}
     if auto:
         resources[automation_mod.NOTIFIER_KEY] = automation_mod.BentoNotifier.from_config(
             project.config.notifications)
-    return dg.Definitions(assets=[*externals, *multi], resources=resources,
+    return dg.Definitions(assets=[*externals, *multi, *placeholders], resources=resources,
                           schedules=extra["schedules"], sensors=extra["sensors"])

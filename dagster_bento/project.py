@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pickle
+import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,13 @@ NOTEBOOKS_DIR = "notebooks"
 POLICY_FILE = "purpose_zones.yaml"
 CONFIG_FILE = "bento.yaml"
 CACHE_VERSION = "3"
+# Schemas no write cell may target: our bookkeeping (labels, landings) and the warehouses' catalogs.
+RESERVED_SCHEMAS = frozenset({"bento_meta", "information_schema", "pg_catalog", "pg_toast", "system", "temp"})
 # `ds` at definition time: a fixed date so rendering (and the code version) is stable.
 STATIC_DS = "2000-01-01"
 _CONFIG_KEYS = {"warehouse_url", "default_schema", "dialect", "artifacts_dir", "sandbox", "data_format",
                 "timeout_seconds", "memory_limit_mb", "lineage", "strict_zones", "notebooks_dir", "notifications",
-                "introspect_schema", "kernel_pool"}
+                "introspect_schema", "kernel_pool", "run_root", "max_output_bytes", "strict_loading"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,9 @@ class ProjectConfig:
     notifications: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     introspect_schema: bool = False  # read column names/types from the warehouse at load (for lineage)
     kernel_pool: str = "auto"  # pre-started kernels: auto (the project's pool if running), a socket path, off
+    run_root: str | None = None  # parent of the per-run work directories (default: the system temp dir)
+    max_output_bytes: int | None = None  # largest output file a notebook may write (None: adapter default)
+    strict_loading: bool = False  # any problem fails the whole code location (default: broken notebooks contained)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +119,21 @@ def load_config(project_dir: Path) -> tuple[ProjectConfig, list[Problem]]:
             problems.append(Problem(CONFIG_FILE, None, "BENTO009",
                                     f"{key} is {known[key]!r}; use one of {', '.join(allowed)}"))
             del known[key]
+    for key, kinds, what in (("timeout_seconds", (int, float), "a positive number of seconds"),
+                             ("memory_limit_mb", (int,), "a positive whole number of MB"),
+                             ("max_output_bytes", (int,), "a positive whole number of bytes"),
+                             ("run_root", (str,), "a directory path"),
+                             ("strict_loading", (bool,), "true or false"),
+                             ("strict_zones", (bool,), "true or false")):
+        value = known.get(key)
+        if value is None:
+            continue
+        bad = not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
+        if not bad and kinds != (bool,) and kinds != (str,):
+            bad = not value > 0
+        if bad:
+            problems.append(Problem(CONFIG_FILE, None, "BENTO009", f"{key} is {value!r}; use {what}"))
+            del known[key]
     if isinstance(known.get("kernel_pool"), bool):  # YAML reads `off`/`on` as booleans
         known["kernel_pool"] = "auto" if known["kernel_pool"] else "off"
     elif "kernel_pool" in known and not isinstance(known["kernel_pool"], str):
@@ -133,22 +154,133 @@ def dialect_for_url(url: str | None) -> str | None:
 # rendering
 
 
+# Bounds of template rendering (the orchestrator renders every template at each definitions load):
+# output size, wall-clock time and loop iterations. A template beyond them is refused (BENTO005).
+MAX_RENDERED_CHARS = 1_000_000
+MAX_RENDER_SECONDS = 2.0
+MAX_LOOP_ITERATIONS = 100_000
+MAX_LOOP_DEPTH = 3
+# Filters whose output is bounded by their input; ``replace`` and ``join`` are size-checked wrappers.
+_SAFE_FILTERS = frozenset({
+    "lower", "upper", "title", "capitalize", "trim", "default", "d", "int", "float", "string", "length",
+    "count", "first", "last", "join", "replace", "list", "sort", "unique", "reverse", "abs", "round", "tojson",
+    "min", "max", "sum", "select", "reject", "map", "dictsort", "items", "urlencode", "striptags",
+})
+
+
 @functools.cache
 def _jinja() -> Any:
     """Templates come from notebooks and are rendered by the orchestrator (which holds credentials): the
-    sandboxed environment refuses attribute access to internals (``cycler.__init__.__globals__...``).
+    sandboxed environment refuses attribute access to internals (``cycler.__init__.__globals__...``), and
+    `_check_template` keeps templates to constructs whose cost is bounded (`render` bounds the rest).
 
     jinja2, sqlglot and nbformat are imported only when a notebook is parsed or rendered: loading
     definitions from a warm parse cache (every Dagster process does, twice per run) needs none of them."""
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
-                                         keep_trailing_newline=True)
+    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                        keep_trailing_newline=True)
+    plain_replace, plain_join = env.filters["replace"], env.filters["join"]
+
+    def bounded_replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: Any = None) -> Any:
+        s, old, new = str(s), str(old), str(new)
+        hits = (len(s) + 1) if not old else s.count(old)
+        _check_size(len(s) + hits * max(0, len(new) - len(old)), "replace")
+        return plain_replace(eval_ctx, s, old, new, count)
+
+    def bounded_join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> Any:
+        items = list(value)
+        _check_size(sum(len(str(i)) for i in items) + len(str(d)) * len(items), "join")
+        return plain_join(eval_ctx, items, d, attribute)
+
+    bounded_replace.jinja_pass_arg = plain_replace.jinja_pass_arg  # type: ignore[attr-defined]
+    bounded_join.jinja_pass_arg = plain_join.jinja_pass_arg  # type: ignore[attr-defined]
+    env.filters = {k: v for k, v in env.filters.items() if k in _SAFE_FILTERS}
+    env.filters.update(replace=bounded_replace, join=bounded_join)
+    env.globals = {}  # no range(), lipsum(), dict(), cycler(), joiner(), namespace()
+    return env
 
 
 class RenderError(ValueError):
     pass
+
+
+def _check_size(size: int, what: str) -> None:
+    if size > MAX_RENDERED_CHARS:
+        raise RenderError(f"template refused: {what} would produce {size:,} characters, more than the "
+                          f"{MAX_RENDERED_CHARS:,} a rendered SQL cell or table name may have")
+
+
+def _check_template(ast: Any) -> None:
+    """Refuse constructs whose cost is not bounded by the template and parameters: calls (methods,
+    ``range``), ``*``/``**``/``%`` (``'x' * 10**9``), assignments (doubling in a loop), macros, includes,
+    loops over anything but a parameter, and loops nested deeper than `MAX_LOOP_DEPTH`."""
+    from jinja2 import nodes
+
+    allowed = (nodes.Template, nodes.Output, nodes.TemplateData, nodes.Name, nodes.Const, nodes.Filter,
+               nodes.Concat, nodes.For, nodes.If, nodes.Compare, nodes.Operand, nodes.And, nodes.Or, nodes.Not,
+               nodes.Getattr, nodes.Getitem, nodes.CondExpr, nodes.List, nodes.Tuple, nodes.Test, nodes.Keyword,
+               nodes.Add, nodes.Sub, nodes.Neg, nodes.Pos, nodes.Dict, nodes.Pair, nodes.Div, nodes.FloorDiv,
+               nodes.Slice)
+    names = {nodes.Mul: "'*'", nodes.Pow: "'**'", nodes.Mod: "'%'", nodes.Call: "a function or method call",
+             nodes.Assign: "{% set %}", nodes.AssignBlock: "{% set %}", nodes.Macro: "{% macro %}",
+             nodes.CallBlock: "{% call %}", nodes.Include: "{% include %}", nodes.Import: "{% import %}",
+             nodes.FromImport: "{% from %}", nodes.Extends: "{% extends %}", nodes.FilterBlock: "{% filter %}"}
+
+    def visit(node: Any, depth: int) -> None:
+        if not isinstance(node, allowed):
+            what = next((v for k, v in names.items() if isinstance(node, k)), type(node).__name__)
+            raise RenderError(f"template refused: {what} is not allowed in a placeholder; use parameters, "
+                              "filters such as {{ name | lower }}, and {% for %}/{% if %} over parameters")
+        if isinstance(node, nodes.Filter) and node.name not in _SAFE_FILTERS:
+            raise RenderError(f"template refused: filter '{node.name}' is not allowed; allowed filters: "
+                              f"{', '.join(sorted(_SAFE_FILTERS))}")
+        if isinstance(node, nodes.For):
+            if not isinstance(node.iter, (nodes.Name, nodes.Getattr, nodes.Getitem)):
+                raise RenderError("template refused: a {% for %} loop may only iterate over a parameter "
+                                  "(e.g. {% for r in regions %})")
+            depth += 1
+            if depth > MAX_LOOP_DEPTH:
+                raise RenderError(f"template refused: {{% for %}} loops nested deeper than {MAX_LOOP_DEPTH}")
+        for child in node.iter_child_nodes():
+            visit(child, depth)
+
+    visit(ast, 0)
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.iterations = 0
+        self.deadline = time.monotonic() + MAX_RENDER_SECONDS
+
+    def tick(self) -> None:
+        self.iterations += 1
+        if self.iterations > MAX_LOOP_ITERATIONS:
+            raise RenderError(f"template refused: its loops run more than {MAX_LOOP_ITERATIONS:,} iterations")
+        if time.monotonic() > self.deadline:
+            raise RenderError(f"template refused: rendering took more than {MAX_RENDER_SECONDS:g} s")
+
+
+class _BudgetedList(list):
+    """A parameter list whose iteration counts against the render's budget (nested loops multiply)."""
+
+    budget: _Budget
+
+    def __iter__(self) -> Any:
+        for item in super().__iter__():
+            self.budget.tick()
+            yield item
+
+
+def _budgeted(value: Any, budget: _Budget) -> Any:
+    if isinstance(value, (list, tuple)):
+        out = _BudgetedList(_budgeted(v, budget) for v in value)
+        out.budget = budget
+        return out
+    if isinstance(value, Mapping):
+        return {k: _budgeted(v, budget) for k, v in value.items()}
+    return value
 
 
 def template_context(parameters: Mapping[str, Any], ds: str) -> dict[str, Any]:
@@ -171,13 +303,25 @@ def template_variables(template: str) -> set[str]:
 
 
 def render(template: str, context: Mapping[str, Any], computed: Collection[str] = ()) -> str:
+    """Render a placeholder template, bounded in size, time and loop iterations (`_check_template`)."""
     if "{" not in template:
         return template
     import jinja2
     from jinja2.sandbox import SecurityError
 
     try:
-        return _jinja().from_string(template).render(**context)
+        env = _jinja()
+        _check_template(env.parse(template))
+        budget = _Budget()
+        chunks, size = [], 0
+        for chunk in env.from_string(template).generate(**{k: _budgeted(v, budget) for k, v in context.items()}):
+            size += len(chunk)
+            _check_size(size, "the template")
+            budget.tick()
+            chunks.append(chunk)
+        return "".join(chunks)
+    except RenderError:
+        raise
     except jinja2.UndefinedError as err:
         name = str(err).split("'")[1] if "'" in str(err) else str(err)
         if name in computed:
@@ -192,7 +336,8 @@ def render(template: str, context: Mapping[str, Any], computed: Collection[str] 
     except SecurityError as err:
         raise RenderError(f"template refused: {err}; placeholders may only use parameters and filters "
                           "such as {{ name }} or {{ name | lower }}") from err
-    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as err:
+    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, OverflowError, MemoryError,
+            RecursionError) as err:
         raise RenderError(f"template cannot be rendered: {err}") from err
 
 
@@ -225,8 +370,15 @@ def load_project(project_dir: Path | str, *, schema: Mapping[str, Mapping[str, s
         spec_file = spec_path_for(path)
         cached = cache.get(path, spec_file) if cache else None
         if cached is None:
-            parsed_nb, nb_jobs_, nb_problems_, draft_ = _load_one(path, display, spec_file, project_dir,
-                                                                  default_schema, dialect, schema)
+            try:
+                parsed_nb, nb_jobs_, nb_problems_, draft_ = _load_one(path, display, spec_file, project_dir,
+                                                                      default_schema, dialect, schema)
+            except Exception as err:  # noqa: BLE001 -- one notebook must never stop the others' load
+                parsed_nb = ParsedNotebook(display, "", (), (), (), {}, None, "python3", ())
+                nb_jobs_, draft_ = [], False
+                nb_problems_ = [Problem(display, None, "BENTO001",
+                                        f"could not be loaded ({type(err).__name__}: {err}); it is not scheduled. "
+                                        "Run `dagster-bento check` and report this if the notebook is valid")]
             # the project keeps what the checks found, not the cells: the run re-reads the notebook
             cached = (dataclasses.replace(parsed_nb, code_cells=(), sql_cells=(), write_cells=()),
                       nb_jobs_, nb_problems_, draft_)
@@ -299,6 +451,11 @@ def _load_one(path: Path, display: str, spec_file: Path, project_dir: Path, defa
     problems += spec_problems
     if spec is None:
         return parsed, [], problems, False
+    if not parsed.write_cells:
+        problems.append(Problem(display, None, "BENTO008",
+                                "is scheduled but has no write cell, so its runs would produce no asset; add a "
+                                "write cell (%bento_write <dataframe> <schema.table>) or delete "
+                                f"{spec_file.name} to keep it a draft"))
     exemptions, ex_problems = eligibility.parse_exemptions(list(spec.exemptions), notebook=display)
     problems += ex_problems
     code = [(c.index, c.source) for c in parsed.code_cells]  # the parameters cell runs too
@@ -370,6 +527,12 @@ def resolve_job(parsed: ParsedNotebook, spec: ScheduleSpec, entry: ScheduleEntry
             problems.append(Problem(nb, cell.index, "BENTO003",
                                     f"schedule {entry.name!r}: write table {table!r} must render to "
                                     "'<schema>.<table>' of letters, digits and underscores"))
+            continue
+        if parts[0].lower() in RESERVED_SCHEMAS or parts[0].lower().startswith("pg_"):
+            problems.append(Problem(nb, cell.index, "BENTO003",
+                                    f"schedule {entry.name!r}: write table {table!r} is in the reserved schema "
+                                    f"{parts[0]!r} (dagster-bento's bookkeeping or the warehouse's catalog); "
+                                    "write to a schema of your own"))
             continue
         if cell.mode == "overwrite_partition" and spec.partitioned is None:
             problems.append(Problem(nb, cell.index, "BENTO003",

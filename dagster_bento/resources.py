@@ -1,18 +1,64 @@
 """The Dagster resource that runs notebooks. The asset body is one line:
-``yield from bento.run(context=context, job=job).stream()``."""
+``yield from bento.run(context=context, job=job).stream()``.
+
+**Only the operator weakens isolation.** Every setting that decides isolation (sandbox, kernel pool,
+limits), where data comes from or goes (warehouse, run root, artifacts, lineage) is fixed when the
+code location loads, from the project's files (``bento.yaml``, specs) and the operator's environment
+(``BENTO_*``), or by the Python code that builds the definitions. None of it is run config: the
+launchpad, GraphQL ``launchRun`` and ``--config`` may only *narrow* a run (a shorter timeout, a lower
+memory limit, no HTML copy). `BentoResource` is therefore a plain frozen model, not a
+``ConfigurableResource``; `BentoResource.as_resource_definition` is what the definitions hold: a
+resource whose config schema lists only the narrowing fields and whose operator settings live in a
+closure that run config cannot reach. Any other key, or a value that widens, fails at resource
+initialisation — before the kernel starts or anything is fetched — naming the field and where the
+operator sets it.
+"""
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pydantic
 from pydantic import Field
 
+from dagster_bento.errors import DagsterBentoError
 from dagster_bento.spec import BentoJob
 
+# Where an operator sets each field (for the error when run config tries to).
+OPERATOR_FIELDS: Mapping[str, str] = {
+    "project_dir": "the code location (build_bento_definitions(project_dir=...))",
+    "warehouse_url": "bento.yaml `warehouse_url` or the BENTO_WAREHOUSE_URL environment variable",
+    "artifacts_dir": "bento.yaml `artifacts_dir` or BENTO_ARTIFACTS_DIR",
+    "run_root": "bento.yaml `run_root` or BENTO_RUN_ROOT",
+    "sandbox": "bento.yaml `sandbox` or BENTO_SANDBOX (a spec may choose bwrap or docker)",
+    "docker_image": "bento.yaml `docker_image`",
+    "data_format": "bento.yaml `data_format` or a notebook's spec",
+    "lineage_transport": "bento.yaml `lineage.transport` or BENTO_LINEAGE_TRANSPORT",
+    "lineage_url": "bento.yaml `lineage.url` or BENTO_LINEAGE_URL",
+    "lineage_file": "bento.yaml `lineage.file`",
+    "kernel_pool": "bento.yaml `kernel_pool` or BENTO_KERNEL_POOL",
+    "max_output_bytes": "bento.yaml `max_output_bytes`",
+    "timeout_seconds": "bento.yaml `timeout_seconds` or a notebook's spec",
+    "memory_limit_mb": "bento.yaml `memory_limit_mb` or a notebook's spec",
+}
+# What run config may set: each only narrows what the operator and the spec allow.
+NARROWING_FIELDS: Mapping[str, str] = {
+    "timeout_seconds": "a shorter wall-clock limit for this run (never longer than the operator's or the spec's)",
+    "memory_limit_mb": "a lower kernel memory limit for this run (never higher than the operator's or the spec's)",
+    "html": "false: keep no HTML rendering of the executed notebook for this run",
+}
 
-class BentoResource(dg.ConfigurableResource):
-    """How notebooks run: warehouse, sandbox, limits, artifacts and lineage."""
+
+class DagsterBentoConfigError(DagsterBentoError):
+    """Run config tried to set or widen an operator-only setting."""
+
+
+class BentoResource(pydantic.BaseModel):
+    """How notebooks run: warehouse, sandbox, limits, artifacts and lineage (operator settings)."""
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
 
     project_dir: str = Field(description="Project root holding notebooks/, purpose_zones.yaml and bento.yaml.")
     warehouse_url: str = Field(description="SQLAlchemy-style URL: duckdb:///path.duckdb or postgresql://user@host/db.")
@@ -38,6 +84,63 @@ class BentoResource(dg.ConfigurableResource):
                              description="Pre-started kernels (`dagster-bento kernel-pool`): 'auto' uses the "
                                          "project's pool if one is running, a socket path uses that pool, "
                                          "'off' always starts a kernel per run.")
+    max_output_bytes: int | None = Field(default=None,
+                                         description="Largest output file a notebook may write (declared and "
+                                                     "decoded); None: the warehouse adapter's default.")
+    # Caps set by run config (narrowing only): applied after the spec's own limits.
+    run_timeout_cap: float | None = Field(default=None, description="Run config: a shorter time limit.")
+    run_memory_cap_mb: int | None = Field(default=None, description="Run config: a lower memory limit.")
+
+    def as_resource_definition(self) -> dg.ResourceDefinition:
+        """The resource the definitions hold: run config may only narrow (see the module docstring)."""
+        operator = self
+
+        def _init(context: dg.InitResourceContext) -> "BentoResource":
+            return operator.narrowed(context.resource_config or {})
+
+        schema = dg.Permissive({  # unknown keys reach `narrowed`, which names where the operator sets them
+            "timeout_seconds": dg.Field(float, is_required=False, description=NARROWING_FIELDS["timeout_seconds"]),
+            "memory_limit_mb": dg.Field(int, is_required=False, description=NARROWING_FIELDS["memory_limit_mb"]),
+            "html": dg.Field(bool, is_required=False, description=NARROWING_FIELDS["html"]),
+        })
+        return dg.ResourceDefinition(
+            resource_fn=_init, config_schema=schema,
+            description="dagster-bento: runs scheduled notebooks. Operator settings (sandbox, warehouse, "
+                        "paths, limits) come from bento.yaml and BENTO_* only; run config may narrow "
+                        f"{', '.join(NARROWING_FIELDS)}.")
+
+    def narrowed(self, config: Mapping[str, Any]) -> "BentoResource":
+        """This resource with run config applied; refuses any setting that is not a narrowing."""
+        problems = []
+        for key in sorted(set(config) - set(NARROWING_FIELDS)):
+            where = OPERATOR_FIELDS.get(key)
+            problems.append(
+                f"'{key}' is an operator setting and cannot be set in run config; the operator sets it in "
+                f"{where}" if where else
+                f"'{key}' is not a setting of the bento resource; run config may set only "
+                f"{', '.join(NARROWING_FIELDS)}")
+        update: dict[str, Any] = {}
+        timeout = config.get("timeout_seconds")
+        if timeout is not None:
+            if not timeout > 0 or timeout > self.timeout_seconds:
+                problems.append(f"'timeout_seconds: {timeout}' would not narrow the operator's limit of "
+                                f"{self.timeout_seconds:g} s; run config may only shorten it (the operator sets "
+                                f"it in {OPERATOR_FIELDS['timeout_seconds']})")
+            update["run_timeout_cap"] = float(timeout)
+        memory = config.get("memory_limit_mb")
+        if memory is not None:
+            if not memory > 0 or memory > self.memory_limit_mb:
+                problems.append(f"'memory_limit_mb: {memory}' would not narrow the operator's limit of "
+                                f"{self.memory_limit_mb} MB; run config may only lower it (the operator sets "
+                                f"it in {OPERATOR_FIELDS['memory_limit_mb']})")
+            update["run_memory_cap_mb"] = int(memory)
+        if config.get("html") is not None:
+            update["html"] = bool(config["html"]) and self.html
+        if problems:
+            raise DagsterBentoConfigError(
+                "dagster-bento refused the run config of the 'bento' resource (nothing ran):\n"
+                + "\n".join(f"  - {p}" for p in problems))
+        return self.model_copy(update=update)
 
     @classmethod
     def for_project(cls, project: Any, *, warehouse_url: str) -> "BentoResource":
@@ -53,6 +156,9 @@ class BentoResource(dg.ConfigurableResource):
             lineage_url=os.environ.get("BENTO_LINEAGE_URL", lineage.get("url")),
             lineage_file=lineage.get("file"),
             kernel_pool=os.environ.get("BENTO_KERNEL_POOL", str(config.kernel_pool)),
+            run_root=_project_path(project.project_dir, os.environ.get("BENTO_RUN_ROOT") or config.run_root),
+            docker_image=getattr(config, "docker_image", None),
+            max_output_bytes=getattr(config, "max_output_bytes", None),
         )
 
     @property
@@ -79,10 +185,12 @@ class BentoResource(dg.ConfigurableResource):
         from dagster_bento.execution.sandbox import SandboxConfig
 
         backend = self.sandbox if self.sandbox == "none" else ((spec and spec.sandbox) or self.sandbox)
+        timeout = (spec and spec.timeout_seconds) or self.timeout_seconds
+        memory = (spec and spec.memory_limit_mb) or self.memory_limit_mb
         return SandboxConfig(
             backend=backend,  # type: ignore[arg-type]
-            timeout_s=(spec and spec.timeout_seconds) or self.timeout_seconds,
-            memory_limit_mb=(spec and spec.memory_limit_mb) or self.memory_limit_mb,
+            timeout_s=min(timeout, self.run_timeout_cap or timeout),
+            memory_limit_mb=min(memory, self.run_memory_cap_mb or memory),
             docker_image=self.docker_image,
             readonly_subdirs=("inputs",))  # written by the fetch while the kernel already runs
 
@@ -99,3 +207,11 @@ class BentoResource(dg.ConfigurableResource):
                 kernel.close()
             raise
         return BentoInvocation(resource=self, context=context, job=job, kernel=kernel)
+
+
+def _project_path(project_dir: Any, value: str | None) -> str | None:
+    """A path from bento.yaml: relative to the project directory."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else Path(project_dir) / path)

@@ -152,7 +152,7 @@ def test_all_problems_reported_together(project):
     add_notebook(project, "badsql", [sql_cell("df", "SELECT FROM WHERE ("), write_cell("df", "mart.x")])
     add_notebook(project, "noin", [sql_cell("df", "SELECT * FROM raw.a"), write_cell("zzz", "mart.z")])
     with pytest.raises(DagsterBentoProjectError) as info:
-        build_bento_definitions(project_dir=project)
+        build_bento_definitions(project_dir=project, raise_on_problems=True)  # strict loading
     text = str(info.value)
     assert text.startswith(PROJECT_PROBLEMS_HEADER)
     for expected in ("notebooks/broken.ipynb: BENTO001", "notebooks/badsql.ipynb [cell 0]: BENTO004",
