@@ -1,72 +1,310 @@
 """Step 5e: keep each run's executed notebook (with outputs) and an HTML rendering, never overwritten.
 
-Outputs are written by untrusted notebook code and the Dagster UI renders kept notebooks from its own
-origin, so the kept copy is sanitised first: scripts, SVG and raw markdown outputs are dropped and
-HTML outputs (pandas tables) are cleaned to formatting tags only.
+The Dagster UI renders a kept ``.ipynb`` in its own origin (dagster-webserver's ``/notebook`` route runs
+nbconvert's ``HTMLExporter()`` — the ``lab`` template, *unsanitised*, MathJax on) and outputs are written
+by untrusted notebook code, so what is kept is built to be safe for any renderer, by allowlist:
+
+* **Markdown cells** are rendered to HTML (markdown-it, CommonMark + tables), cleaned by Ammonia (``nh3``:
+  formatting tags, ``http``/``https``/``mailto`` links, images from those schemes or inline PNG/JPEG/GIF)
+  and stored as that HTML on one line inside ``<div class="tex2jax_ignore">``, so a renderer's own
+  markdown parser passes it through verbatim (one raw HTML block) and MathJax leaves its text alone.
+  Attachments are inlined (PNG/JPEG/GIF only) and dropped from the cell.
+* **Raw cells** become markdown cells showing their text in ``<pre>`` (nbconvert would paste a raw cell
+  into the page as HTML).
+* **Outputs** keep only ``text/plain``, ``text/html`` (cleaned to table/formatting tags), ``image/png``
+  and ``image/jpeg`` (valid base64); streams and errors keep their text; output metadata keeps only
+  integer ``width``/``height`` (the template writes them into an unquoted attribute). Everything else
+  (script, SVG, markdown, LaTeX, widgets, unknown types) is replaced by a note.
+* **Metadata**: notebook metadata keeps ``kernelspec``, ``language_info`` and ``dagster_bento``; cell
+  metadata keeps ``bento``, ``dagster_bento``, ``tags`` (letters, digits, ``-_`` only: the template writes
+  them into a class attribute) and the boolean display flags. Widget state and anything else is dropped.
+* **What the kernel sends is validated and repaired**: ``execution_count`` is an integer ≥ 0 or null,
+  texts are strings, the result validates against the nbformat schema (else the save refuses).
+
+Kept notebooks are never overwritten: each save publishes its file with an exclusive link (a retried
+step, or any second save for the same run id, gets ``<run_id>.<n>.ipynb``).
 """
 
+import base64
+import binascii
 import copy
+import html as html_lib
 import os
 import re
 import subprocess
 import sys
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import nbformat
 from nbformat import NotebookNode
 
-_DROPPED_MIME = ("application/javascript", "text/javascript", "image/svg+xml", "text/markdown", "text/latex",
-                 "application/vnd.jupyter.widget-view+json")
-_HTML_TAGS = {"table", "thead", "tbody", "tfoot", "tr", "th", "td", "caption", "colgroup", "col", "div", "span", "p",
-              "br", "hr", "b", "i", "em", "strong", "code", "pre", "small", "sub", "sup", "ul", "ol", "li", "h1",
-              "h2", "h3", "h4", "h5", "h6", "blockquote"}
-_HTML_ATTRS = {"*": ["class", "colspan", "rowspan", "align", "border"]}
-_STYLE_BLOCK = re.compile(r"<style\b.*?</style\s*>", re.IGNORECASE | re.DOTALL)
+__all__ = ["artifact_path", "sanitize", "save", "write_html", "render_html_in_background", "clean_html"]
+
+KEPT_MIME = ("text/html", "image/png", "image/jpeg", "text/plain")
+_IMAGE_MIME = {"image/png", "image/jpeg", "image/gif"}
+_TABLE_TAGS = {"table", "thead", "tbody", "tfoot", "tr", "th", "td", "caption", "colgroup", "col", "div", "span",
+               "p", "br", "hr", "b", "i", "em", "strong", "code", "pre", "small", "sub", "sup", "ul", "ol", "li",
+               "h1", "h2", "h3", "h4", "h5", "h6", "blockquote"}
+_MARKDOWN_TAGS = _TABLE_TAGS | {"a", "img", "del", "s", "dl", "dt", "dd", "kbd", "abbr", "details", "summary"}
+_TABLE_ATTRS = {"*": {"class", "colspan", "rowspan", "align", "border"}}
+_MARKDOWN_ATTRS = {"*": {"colspan", "rowspan", "align", "title"}, "a": {"href"},
+                   "img": {"src", "alt", "width", "height"}, "ol": {"start"}, "abbr": {"title"}}
+_URL_SCHEMES = {"http", "https", "mailto"}
+_DATA_IMAGE = re.compile(r"^data:image/(png|jpeg|gif);base64,[A-Za-z0-9+/=\s]*$")
+_TAG = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_CELL_META_FLAGS = ("collapsed", "scrolled", "editable", "deletable")
+_STRING_META = ("name", "display_name", "language", "version", "file_extension", "mimetype", "pygments_lexer",
+                "nbconvert_exporter")
+_MD_BREAKOUT_GUARD = "tex2jax_ignore"  # MathJax's ignore class (v2 ignoreClass, v3 ignoreHtmlClass)
 
 
 def artifact_path(artifacts_dir: Path, schedule: str, run_id: str) -> Path:
     return artifacts_dir / schedule / f"{run_id}.ipynb"
 
 
-def sanitize(nb: NotebookNode) -> NotebookNode:
-    """A copy whose outputs cannot run script in a browser that renders it."""
-    import bleach
+# ------------------------------------------------------------------------------------------ HTML
 
-    nb = copy.deepcopy(nb)
-    for cell in nb.cells:
-        for output in cell.get("outputs", []):
-            data = output.get("data")
-            if not data:
+def _url_ok(url: str, *, image: bool) -> bool:
+    value = re.sub(r"[\x00-\x20]", "", html_lib.unescape(url)).lower()
+    if image and _DATA_IMAGE.match(re.sub(r"[\x00-\x20]", "", url)):
+        return True
+    scheme = value.split(":", 1)[0] if re.match(r"^[a-z][a-z0-9+.\-]*:", value) else None
+    if image:  # an image loads by itself: only from the web or inline, never from the UI's own origin
+        return scheme in ("http", "https")
+    return scheme in _URL_SCHEMES or value.startswith("#")
+
+
+def _markdown_attribute_filter(tag: str, attr: str, value: str) -> str | None:
+    if attr == "src":
+        return value if _url_ok(value, image=True) else None
+    if attr == "href":
+        return value if _url_ok(value, image=False) else None
+    if attr in ("width", "height", "start", "colspan", "rowspan"):
+        return value if value.isdigit() else None
+    return value
+
+
+def clean_html(html: str) -> str:
+    """An HTML output (a pandas table...) cleaned to table and formatting tags: no script, style, links,
+    images or event handlers, and no text MathJax would typeset."""
+    import nh3
+
+    cleaned = nh3.clean(html, tags=_TABLE_TAGS, attributes=_TABLE_ATTRS, clean_content_tags={"script", "style"},
+                        strip_comments=True, url_schemes=set(), link_rel=None)
+    return f'<div class="{_MD_BREAKOUT_GUARD}">{cleaned}</div>'
+
+
+def _markdown_html(source: str, attachments: Mapping[str, Any]) -> str:
+    """A markdown cell's source as clean, single-line HTML that renders the same in any markdown renderer."""
+    import nh3
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": True, "linkify": False}).enable(["table", "strikethrough"])
+    images = {name: _attachment_uri(bundle) for name, bundle in attachments.items()} if attachments else {}
+
+    def resolve(tag: str, attr: str, value: str) -> str | None:
+        if tag == "img" and attr == "src" and value.startswith("attachment:"):
+            value = images.get(value.removeprefix("attachment:")) or ""
+            return value or None
+        return _markdown_attribute_filter(tag, attr, value)
+
+    rendered = md.render(source)
+    cleaned = nh3.clean(rendered, tags=_MARKDOWN_TAGS, attributes=_MARKDOWN_ATTRS, attribute_filter=resolve,
+                        clean_content_tags={"script", "style"}, strip_comments=True,
+                        url_schemes=_URL_SCHEMES | {"data", "attachment"}, link_rel="noopener noreferrer nofollow")
+    # one line: a markdown parser then sees a single raw HTML block and never re-reads text in it as markdown
+    return f'<div class="{_MD_BREAKOUT_GUARD}">' + cleaned.replace("\r", "").replace("\n", "&#10;") + "</div>"
+
+
+def _attachment_uri(bundle: Any) -> str | None:
+    if not isinstance(bundle, Mapping):
+        return None
+    for mime in ("image/png", "image/jpeg", "image/gif"):
+        data = _base64(bundle.get(mime))
+        if data is not None:
+            return f"data:{mime};base64,{data}"
+    return None
+
+
+def _base64(value: Any) -> str | None:
+    text = "".join(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else value
+    if not isinstance(text, str):
+        return None
+    text = re.sub(r"\s", "", text)
+    try:
+        base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return text
+
+
+# ------------------------------------------------------------------------------------------ notebook
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "".join(value)
+    return "" if value is None else str(value)
+
+
+def _count(value: Any) -> int | None:
+    """A valid ``execution_count``: an integer ≥ 0 (not a bool), else null."""
+    return value if type(value) is int and 0 <= value < 2**53 else None
+
+
+def _note(text: str) -> NotebookNode:
+    return nbformat.v4.new_output("stream", name="stdout", text=f"[{text}]\n")
+
+
+def _output(output: Any) -> NotebookNode:
+    if not isinstance(output, Mapping):
+        return _note("an output that is not an object was not kept")
+    kind = output.get("output_type")
+    if kind == "stream":
+        name = output.get("name") if output.get("name") in ("stdout", "stderr") else "stdout"
+        return nbformat.v4.new_output("stream", name=name, text=_text(output.get("text")))
+    if kind == "error":
+        traceback = output.get("traceback")
+        return nbformat.v4.new_output(
+            "error", ename=_text(output.get("ename")), evalue=_text(output.get("evalue")),
+            traceback=[_text(t) for t in traceback] if isinstance(traceback, list) else [])
+    if kind in ("display_data", "execute_result"):
+        data = output.get("data") if isinstance(output.get("data"), Mapping) else {}
+        kept: dict[str, str] = {}
+        for mime in KEPT_MIME:
+            if mime not in data:
                 continue
-            dropped = [m for m in data if m in _DROPPED_MIME]
-            for mime in dropped:
-                del data[mime]
-            if "text/html" in data:
-                html = data["text/html"]
-                html = "".join(html) if isinstance(html, list) else html
-                data["text/html"] = bleach.clean(_STYLE_BLOCK.sub("", html), tags=_HTML_TAGS,
-                                                 attributes=_HTML_ATTRS, strip=True, strip_comments=True)
-            if not data:
-                data["text/plain"] = f"[output of type {', '.join(dropped)} not kept in run artifacts]"
-    return nb
+            if mime.startswith("image/"):
+                value = _base64(data[mime])
+                if value is not None:
+                    kept[mime] = value
+            elif mime == "text/html":
+                kept[mime] = clean_html(_text(data[mime]))
+            else:
+                kept[mime] = _text(data[mime])
+        dropped = sorted(str(m) for m in data if m not in kept)
+        if not kept:
+            kept["text/plain"] = f"[output of type {', '.join(dropped) or 'none'} not kept in run artifacts]"
+        metadata: dict[str, Any] = {}
+        raw_meta = output.get("metadata") if isinstance(output.get("metadata"), Mapping) else {}
+        for mime in ("image/png", "image/jpeg"):
+            dims = raw_meta.get(mime)
+            if mime in kept and isinstance(dims, Mapping):
+                sizes = {k: dims[k] for k in ("width", "height") if type(dims.get(k)) is int and 0 < dims[k] < 100000}
+                if sizes:
+                    metadata[mime] = sizes
+        if kind == "execute_result":
+            return nbformat.v4.new_output("execute_result", data=kept, metadata=metadata,
+                                          execution_count=_count(output.get("execution_count")))
+        return nbformat.v4.new_output("display_data", data=kept, metadata=metadata)
+    return _note(f"an output of type {str(kind)[:40]!r} was not kept")
 
+
+def _cell_metadata(meta: Any) -> dict[str, Any]:
+    meta = meta if isinstance(meta, Mapping) else {}
+    out: dict[str, Any] = {}
+    for key in ("bento", "dagster_bento"):
+        if isinstance(meta.get(key), Mapping):
+            out[key] = copy.deepcopy(dict(meta[key]))
+    tags = meta.get("tags")
+    if isinstance(tags, list):
+        out["tags"] = [t for t in tags if isinstance(t, str) and _TAG.match(t)]
+    for key in _CELL_META_FLAGS:
+        if isinstance(meta.get(key), bool):
+            out[key] = meta[key]
+    jupyter = meta.get("jupyter")
+    if isinstance(jupyter, Mapping):
+        flags = {k: v for k, v in jupyter.items() if k in ("source_hidden", "outputs_hidden") and isinstance(v, bool)}
+        if flags:
+            out["jupyter"] = flags
+    return out
+
+
+def _notebook_metadata(meta: Any) -> dict[str, Any]:
+    meta = meta if isinstance(meta, Mapping) else {}
+    out: dict[str, Any] = {}
+    for key in ("kernelspec", "language_info"):
+        value = meta.get(key)
+        if isinstance(value, Mapping):
+            out[key] = {k: v for k, v in value.items() if k in _STRING_META and isinstance(v, str)}
+    if "kernelspec" in out and not {"name", "display_name"} <= out["kernelspec"].keys():
+        del out["kernelspec"]  # the schema requires both
+    if "language_info" in out and "name" not in out["language_info"]:
+        del out["language_info"]
+    if isinstance(meta.get("dagster_bento"), Mapping):
+        out["dagster_bento"] = copy.deepcopy(dict(meta["dagster_bento"]))
+    return out
+
+
+def sanitize(nb: NotebookNode) -> NotebookNode:
+    """A valid copy of ``nb`` that cannot run script or load anything in a browser that renders it (see
+    the module docstring for what is kept). Raises ``nbformat.ValidationError`` if it cannot be made valid."""
+    cells = []
+    for cell in nb.get("cells", []):
+        if not isinstance(cell, Mapping):
+            continue
+        kind = cell.get("cell_type")
+        source = _text(cell.get("source"))
+        meta = _cell_metadata(cell.get("metadata"))
+        if kind == "code":
+            new = nbformat.v4.new_code_cell(source=source, metadata=meta,
+                                            execution_count=_count(cell.get("execution_count")))
+            outputs = cell.get("outputs")
+            new.outputs = [_output(o) for o in outputs] if isinstance(outputs, list) else []
+        elif kind == "markdown":
+            attachments = cell.get("attachments") if isinstance(cell.get("attachments"), Mapping) else {}
+            new = nbformat.v4.new_markdown_cell(source=_markdown_html(source, attachments), metadata=meta)
+        else:  # raw (or unknown): its text, shown as text
+            meta.setdefault("dagster_bento", {})["kept_as_text"] = str(kind)[:40]
+            new = nbformat.v4.new_markdown_cell(
+                source=f'<div class="{_MD_BREAKOUT_GUARD}"><pre>'
+                       + html_lib.escape(source).replace("\r", "").replace("\n", "&#10;") + "</pre></div>",
+                metadata=meta)
+        cell_id = cell.get("id")
+        if isinstance(cell_id, str) and re.fullmatch(r"[a-zA-Z0-9\-_]{1,64}", cell_id):
+            new["id"] = cell_id
+        cells.append(new)
+    clean = nbformat.v4.new_notebook(cells=cells, metadata=_notebook_metadata(nb.get("metadata")))
+    ids = [c["id"] for c in clean.cells]
+    if len(set(ids)) != len(ids):  # duplicate ids make the notebook invalid: give every cell a fresh one
+        for c in clean.cells:
+            c["id"] = nbformat.v4.new_code_cell()["id"]
+    nbformat.validate(clean)
+    return clean
+
+
+# ------------------------------------------------------------------------------------------ files
 
 def save(nb: NotebookNode, target: Path, *, html: bool = True, html_in_background: bool = True) -> Path:
-    """Write the sanitised notebook to ``target`` (and ``target.html``). A second save for the same run
-    id gets a numbered name (a retried step), so an earlier artifact is never overwritten.
+    """Write the sanitised notebook to ``target`` (and ``target.html``). The file is published with an
+    exclusive link, so an existing artifact is never overwritten: a second save for the same run id (a
+    retried step) gets ``<stem>.1.ipynb``, ``<stem>.2.ipynb``...
 
     The HTML rendering costs ~0.7 s in a fresh step process (importing nbconvert and IPython, first
     render); by default a detached process renders it from the saved ``.ipynb`` so the run does not wait.
     """
     nb = sanitize(nb)
     target.parent.mkdir(parents=True, exist_ok=True)
-    path, n = target, 1
-    while path.exists():
-        path = target.with_name(f"{target.stem}.{n}{target.suffix}")
-        n += 1
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    nbformat.write(nb, tmp)
-    os.replace(tmp, path)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            nbformat.write(nb, f)
+        path = target
+        for n in range(1, 10_000):
+            try:
+                os.link(tmp, path)  # fails if path exists: never replaces a kept notebook
+                break
+            except FileExistsError:
+                path = target.with_name(f"{target.stem}.{n}{target.suffix}")
+        else:
+            raise FileExistsError(f"{target}: 10000 kept notebooks for one run id; refusing to keep more")
+    finally:
+        tmp.unlink(missing_ok=True)
     if html and html_in_background:
         render_html_in_background(path)
     elif html:
@@ -82,15 +320,27 @@ def render_html_in_background(path: Path) -> None:
 
 
 def write_html(nb: NotebookNode, path: Path) -> None:
-    from nbconvert import HTMLExporter  # imported lazily: ~0.3 s, only needed after execution
+    """Render ``nb`` (sanitised again: the file may have changed since it was kept) to ``path``; if it
+    cannot be rendered, ``path`` says so instead of being silently missing."""
+    try:
+        from nbconvert import HTMLExporter  # imported lazily: ~0.3 s, only needed after execution
 
-    body, _resources = HTMLExporter(template_name="classic", sanitize_html=True).from_notebook_node(nb)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(body, encoding="utf-8")
+        body, _resources = HTMLExporter(template_name="classic", sanitize_html=True).from_notebook_node(sanitize(nb))
+    except Exception as err:  # noqa: BLE001 - a page that says why beats no page
+        body = ("<!DOCTYPE html><html><body><h1>This notebook could not be rendered</h1><pre>"
+                + html_lib.escape(f"{type(err).__name__}: {err}")[:4000]
+                + "</pre><p>The kept .ipynb next to this file holds the run's notebook.</p></body></html>")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(body)
     os.replace(tmp, path)  # readers never see a half-written page
 
 
 if __name__ == "__main__":  # the background renderer: python -m dagster_bento.execution.artifacts NB.ipynb
     os.nice(10)  # nobody waits for it: leave the CPU to runs
     source = Path(sys.argv[1])
-    write_html(nbformat.read(source, as_version=4), source.with_suffix(".html"))
+    try:
+        notebook = nbformat.read(source, as_version=4)
+    except Exception as err:  # noqa: BLE001
+        notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"unreadable: {err}")])
+    write_html(notebook, source.with_suffix(".html"))
