@@ -246,11 +246,34 @@ def failure_notice(context: dg.RunFailureSensorContext) -> tuple[list[str], str,
     return owners, subject, "\n".join(lines)
 
 
+NOTIFIED_TAG = f"{META}/owners_notified"
+
+
+def _bento_keys(context: dg.RunFailureSensorContext) -> list[dg.AssetKey]:
+    """The run's assets that are notebook outputs of this code location's project."""
+    graph = context.repository_def.asset_graph
+    return [k for k in context.dagster_run.asset_selection or []
+            if graph.has(k) and graph.get(k).metadata.get(f"{META}/schedule")]
+
+
 @dg.run_failure_sensor(name="bento_notify_owners", default_status=dg.DefaultSensorStatus.RUNNING,
-                       description="Notifies the owners of a failed notebook run (schedule spec 'owners').")
+                       monitor_all_code_locations=True,
+                       description="Notifies the owners of a failed notebook run (schedule spec 'owners'), "
+                                   "wherever the run was launched from (UI, schedule, `dagster asset "
+                                   "materialize -m ...`, `dg launch`), once per run.")
 def notify_owners_on_failure(context: dg.RunFailureSensorContext, bento_notifier: BentoNotifier):
+    run = context.dagster_run
+    if not _bento_keys(context):
+        return  # not a run of this project's notebooks
+    # Exactly once per run, however many code locations load this project: the first sensor to see the
+    # run claims it with a run tag.
+    current = context.instance.get_run_by_id(run.run_id)
+    if current is not None and current.tags.get(NOTIFIED_TAG):
+        context.log.info(f"failure of run {run.run_id} already notified ({current.tags[NOTIFIED_TAG]})")
+        return
+    context.instance.add_run_tags(run.run_id, {NOTIFIED_TAG: context.repository_def.name})
     owners, subject, body = failure_notice(context)
     if bento_notifier.webserver_url:
-        body += f"\n{bento_notifier.webserver_url.rstrip('/')}/runs/{context.dagster_run.run_id}"
+        body += f"\n{bento_notifier.webserver_url.rstrip('/')}/runs/{run.run_id}"
     done = bento_notifier.send(to=owners, subject=subject, body=body, log=context.log)
-    context.log.info(f"failure of run {context.dagster_run.run_id}: {'; '.join(done) or 'not sent'}")
+    context.log.info(f"failure of run {run.run_id}: {'; '.join(done) or 'not sent'}")

@@ -168,9 +168,13 @@ def test_failed_run_notifies_owners_by_mail_and_webhook(tmp_path):
                 resources={"bento_notifier": notifier}, repository_def=defs.get_repository_def(),
             ).for_run_failure()
             notify_owners_on_failure(ctx)
+            notify_owners_on_failure(ctx)  # a second location loading the project, or a re-evaluation
+            assert instance.get_run_by_id(run.run_id).tags["dagster_bento/owners_notified"]
         deadline = time.time() + 10
         while not inbox.messages and time.time() < deadline:
             time.sleep(0.1)
+        time.sleep(0.5)
+        assert len(inbox.messages) == 1, "notified more than once"
         (mail_from, rcpt, content) = inbox.messages[0]
         assert mail_from == "bento@example.com" and rcpt == ["alice@example.com"]
         assert "fails failed" in content and "ZeroDivisionError" in content

@@ -86,3 +86,43 @@ def test_dagster_definitions_validate(tmp_path):
                          timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "All code locations passed validation" in out.stdout + out.stderr
+
+
+LAUNCH = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
+  ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
+  ... on RunConfigValidationInvalid { errors { message } } } }"""
+RUN = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"""
+LOGS = """query($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events { __typename
+  ... on MessageEvent { message } ... on ExecutionStepFailureEvent { error { message
+  causes { message } } } } } } }"""
+
+
+def _post_vars(port: int, query: str, variables: dict) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql",
+                                 data=json.dumps({"query": query, "variables": variables}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())["data"]
+
+
+def test_launchpad_run_config_cannot_turn_the_sandbox_off(webserver):
+    """The launchpad / GraphQL path: `sandbox: none` in run config fails the run before anything runs,
+    naming the field and where the operator sets it (issue 10, item 1)."""
+    params = {"selector": {"repositoryLocationName": "dagster_bento_example", "repositoryName": "__repository__",
+                           "jobName": "__ASSET_JOB",
+                           "assetSelection": [{"path": ["analytics", "region_summary"]}]},
+              "runConfigData": {"resources": {"bento": {"config": {"sandbox": "none"}}}}}
+    launched = _post_vars(webserver, LAUNCH, {"p": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    deadline = time.time() + 120
+    while (status := _post_vars(webserver, RUN, {"id": run_id})["runOrError"]["status"]) not in (
+            "FAILURE", "SUCCESS", "CANCELED"):
+        assert time.time() < deadline, status
+        time.sleep(0.5)
+    assert status == "FAILURE"
+    events = _post_vars(webserver, LOGS, {"id": run_id})["logsForRun"]["events"]
+    text = json.dumps(events)
+    assert "'sandbox' is an operator setting" in text and "BENTO_SANDBOX" in text, text[-3000:]
+    assert not any(e["__typename"] == "MaterializationEvent" for e in events)
+    assert "fetched" not in text.lower()
