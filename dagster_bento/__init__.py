@@ -23,6 +23,7 @@ __all__ = [
     "BentoResource",
     "BentoTableProps",
     "DagsterBentoCellError",
+    "DagsterBentoConfigError",
     "DagsterBentoError",
     "DagsterBentoKernelDiedError",
     "DagsterBentoNotebookError",

@@ -75,6 +75,10 @@ class DagsterBentoError(dg.Failure):
         return self.message
 
 
+class DagsterBentoConfigError(DagsterBentoError):
+    """Run config tried to set or widen an operator-only setting of the ``bento`` resource."""
+
+
 class DagsterBentoProjectError(DagsterBentoError, dg.DagsterInvalidDefinitionError):
     """The project has static problems; ``problems`` lists all of them."""
 

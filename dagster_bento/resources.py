@@ -23,7 +23,7 @@ import dagster as dg
 import pydantic
 from pydantic import Field
 
-from dagster_bento.errors import DagsterBentoError
+from dagster_bento.errors import DagsterBentoConfigError
 from dagster_bento.spec import BentoJob
 
 # Where an operator sets each field (for the error when run config tries to).
@@ -49,10 +49,6 @@ NARROWING_FIELDS: Mapping[str, str] = {
     "memory_limit_mb": "a lower kernel memory limit for this run (never higher than the operator's or the spec's)",
     "html": "false: keep no HTML rendering of the executed notebook for this run",
 }
-
-
-class DagsterBentoConfigError(DagsterBentoError):
-    """Run config tried to set or widen an operator-only setting."""
 
 
 class BentoResource(pydantic.BaseModel):
