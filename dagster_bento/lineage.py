@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 import attr
@@ -58,6 +58,8 @@ from openlineage.client.transport.console import ConsoleConfig, ConsoleTransport
 from openlineage.client.transport.file import FileConfig, FileTransport
 from openlineage.client.transport.http import HttpConfig, HttpTransport
 from openlineage.client.transport.transport import Transport
+
+from dagster_bento.redact import redact_text, redact_url
 
 log = logging.getLogger("dagster_bento.lineage")
 
@@ -124,7 +126,7 @@ class LineageConfig:
                 raise ValueError("lineage transport 'http' needs a url, e.g. http://127.0.0.1:5000")
             parts = urlsplit(self.url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError(f"lineage url must be an http(s) URL, not {self.url!r}")
+                raise ValueError(f"lineage url must be an http(s) URL, not {redact_url(self.url)!r}")
         if not self.namespace:
             raise ValueError("lineage namespace must not be empty")
         if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) \
@@ -257,14 +259,19 @@ def to_run_uuid(run_id: str) -> str:
 
 
 def _strip_userinfo(namespace: str) -> str:
-    """Never put credentials in lineage: drop ``user:password@`` from a URL-shaped namespace."""
-    try:
-        parts = urlsplit(namespace)
-    except ValueError:
-        return namespace
-    if not parts.scheme or "@" not in parts.netloc:
-        return namespace
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    """Never put credentials in lineage: a URL-shaped namespace keeps scheme, host, port and path only
+    (``user:password@``, the query — ``?password=``, ``?sslpassword=`` — and the fragment are dropped),
+    then anything else that looks like a credential is redacted (:func:`dagster_bento.redact.redact_url`)."""
+    if "://" not in namespace:
+        return redact_text(namespace)
+    # redact first (it finds the '@' that ends a password holding '@', '/', '?' or '#'), then keep the host
+    scheme, rest = redact_url(namespace).split("://", 1)
+    if "@" in rest:
+        at = rest.rfind("@", 0, min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest)))
+        rest = rest[at + 1:] if at >= 0 else rest
+    for stop in ("?", "#", ";"):
+        rest = rest.split(stop, 1)[0]
+    return f"{scheme}://{rest}"
 
 
 def _dialect_of(namespace: str) -> str | None:
@@ -310,7 +317,9 @@ def _jsonable(value: Any) -> Any:
     """A JSON-compatible copy of ``value`` (sets become sorted lists, enums their value, unknowns str)."""
     if isinstance(value, enum.Enum):  # before str: ViolationCode(str, Enum) -> "PZ001"
         return _jsonable(value.value)
-    if value is None or isinstance(value, (bool, int, str)):
+    if isinstance(value, str):
+        return redact_text(value)  # parameters and violation messages may quote a URL
+    if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
@@ -319,7 +328,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (_dt.date, _dt.time)):
         return value.isoformat()
     if isinstance(value, (uuid.UUID, os.PathLike)):
-        return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+        return redact_text(os.fspath(value)) if isinstance(value, os.PathLike) else str(value)
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, Set):
@@ -339,7 +348,7 @@ def _jsonable(value: Any) -> Any:
             return _jsonable(item())
         except Exception:  # noqa: BLE001
             pass
-    return str(value)
+    return redact_text(str(value))
 
 
 def _strings(values: Sequence[str] | str) -> tuple[str, ...]:
@@ -394,7 +403,8 @@ class LineageEmitter:
         try:
             self._client = OpenLineageClient(transport=self._make_transport(config))
         except Exception as exc:  # noqa: BLE001 - lineage must never break the run
-            log.warning("OpenLineage lineage is off: could not set up the %r transport: %s", config.transport, exc)
+            log.warning("OpenLineage lineage is off: could not set up the %r transport: %s", config.transport,
+                        redact_text(str(exc)))
             self._client = None
 
     # ---------------------------------------------------------------- transport
@@ -445,7 +455,7 @@ class LineageEmitter:
             try:
                 client.close(timeout=self.config.timeout_s)
             except Exception as exc:  # noqa: BLE001
-                log.warning("Could not close the OpenLineage client: %s", exc)
+                log.warning("Could not close the OpenLineage client: %s", redact_text(str(exc)))
 
     def __enter__(self) -> "LineageEmitter":
         return self
@@ -589,7 +599,7 @@ class LineageEmitter:
             )
         except Exception as exc:  # noqa: BLE001 - lineage must never break the run
             log.warning("Could not build the OpenLineage %s event of job %r (run %s): %s",
-                        state.value, job_name, run_uuid, exc, exc_info=True)
+                        state.value, job_name, run_uuid, redact_text(str(exc)))
             return
         self._emit(event)
 
@@ -603,7 +613,7 @@ class LineageEmitter:
         except Exception as exc:  # noqa: BLE001 - lineage must never break the run
             state = event.eventType.value if event.eventType else "?"
             log.warning("Could not emit the OpenLineage %s event of job %r (run %s) through the %s transport: %s",
-                        state, event.job.name, event.run.runId, self.config.transport, exc)
+                        state, event.job.name, event.run.runId, self.config.transport, redact_text(str(exc)))
 
     def _job_facets(self, context: _RunContext) -> dict[str, facet_v2.JobFacet]:
         facets: dict[str, facet_v2.JobFacet] = {
@@ -612,11 +622,11 @@ class LineageEmitter:
         }
         query = _joined_sql(context.sql)
         if query:
-            facets["sql"] = sql_job.SQLJobFacet(query=query, producer=PRODUCER,
+            facets["sql"] = sql_job.SQLJobFacet(query=redact_text(query), producer=PRODUCER,
                                                 dialect=context.sql_dialect or _dialect_of(self.dataset_namespace))
         if context.source_code:
             facets["sourceCode"] = source_code_job.SourceCodeJobFacet(
-                language=PROGRAMMING_LANGUAGE, sourceCode=context.source_code, producer=PRODUCER)
+                language=PROGRAMMING_LANGUAGE, sourceCode=redact_text(context.source_code), producer=PRODUCER)
         owners = [o for o in dict.fromkeys(context.owners) if o]
         if owners:
             facets["ownership"] = ownership_job.OwnershipJobFacet(
@@ -643,8 +653,8 @@ class LineageEmitter:
                                                           producer=PRODUCER)
         if error_message is not None:
             facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(
-                message=str(error_message), programmingLanguage=PROGRAMMING_LANGUAGE,
-                stackTrace=stack_trace or None, producer=PRODUCER)
+                message=redact_text(str(error_message)), programmingLanguage=PROGRAMMING_LANGUAGE,
+                stackTrace=redact_text(stack_trace) if stack_trace else None, producer=PRODUCER)
         if violations:
             items = [_jsonable(v) for v in violations]
             # blocked unless every violation says it was only logged (enforced=False, zone in log mode)

@@ -391,6 +391,63 @@ def test_console_transport_logs_events(caplog: pytest.LogCaptureFixture) -> None
     assert json.loads(record.getMessage())["eventType"] == "START"
 
 
+SECRET = "s3cr3tPW"
+CREDENTIAL_URLS = [
+    f"postgres://bento:{SECRET}@127.0.0.1:5432/test",
+    f"postgresql://bento@127.0.0.1:5432/test?password={SECRET}&sslmode=disable",
+    f"postgresql://127.0.0.1/test?sslpassword={SECRET}&bento_fetch_role=reader",
+    f"postgresql://127.0.0.1/test?PASSWORD={SECRET}",
+    f"postgresql://bento:p@ss/{SECRET}@127.0.0.1:5432/test",  # unescaped '@' and '/' in the password
+    f"postgresql://bento:{SECRET}?x@127.0.0.1/test",  # unescaped '?'
+    f"postgresql://127.0.0.1/test?api_token={SECRET}",
+]
+
+
+@pytest.mark.parametrize("url", CREDENTIAL_URLS)
+def test_no_credential_reaches_a_lineage_event_whatever_the_url_form(tmp_path: Path, url: str,
+                                                                      schemas: Schemas) -> None:
+    """The dataset namespace, the error message, the stack trace, parameters, violations and SQL of
+    START and FAIL events never carry a warehouse credential."""
+    path = tmp_path / "lineage.jsonl"
+    emitter = LineageEmitter(LineageConfig(file_path=str(path)), dataset_namespace=url)
+    assert SECRET not in emitter.dataset_namespace and "?" not in emitter.dataset_namespace
+    assert emitter.dataset_namespace.startswith(("postgres://127.0.0.1", "postgresql://127.0.0.1"))
+    emitter.start(run_id=RUN_OK, job_name="j", notebook_path="n.ipynb", notebook_zone="ADS",
+                  inputs=[LineageDataset("core.users")], sql=[f"SELECT '{url}' AS u"],
+                  parameters={"source": url})
+    emitter.fail(run_id=RUN_OK, job_name="j", inputs=[], error_message=f"could not connect to {url}: refused",
+                 stack_trace=f"Traceback (most recent call last):\n  connect({url!r})\nOperationalError: {url}",
+                 violation={"message": f"read through {url}", "code": "PZ001"})
+    emitter.close()
+    text = path.read_text(encoding="utf-8")
+    assert SECRET not in text
+    events = read_jsonl(path)
+    for event in events:
+        schemas.validate_event(event)
+    assert "127.0.0.1" in events[1]["run"]["facets"]["errorMessage"]["message"]  # still says where
+    assert json.loads(text.splitlines()[0])["job"]["facets"]["sql"]["dialect"] == "postgres"
+
+
+def test_lineage_warnings_never_carry_the_endpoint_credentials(caplog: pytest.LogCaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"http://lineage:{SECRET}@127.0.0.1:9/?api_key={SECRET}"
+    config = LineageConfig(transport="http", url=url, timeout_s=0.5, retries=0)
+
+    def fails(event: Any) -> None:  # a transport error that quotes the endpoint, as many HTTP clients do
+        raise ConnectionError(f"POST {url}api/v1/lineage failed")
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        with LineageEmitter(config, dataset_namespace=NAMESPACE) as emitter:
+            assert emitter._client is not None
+            monkeypatch.setattr(emitter._client, "emit", fails)
+            emitter.start(run_id=RUN_OK, job_name="j", notebook_path="n.ipynb", notebook_zone="ADS", inputs=[])
+    assert "failed" in caplog.text and "127.0.0.1:9" in caplog.text
+    assert SECRET not in caplog.text
+    with pytest.raises(ValueError) as info:
+        LineageConfig(transport="http", url=f"ftp://u:{SECRET}@host/")
+    assert SECRET not in str(info.value)
+
+
 def test_dataset_namespace_never_carries_credentials(tmp_path: Path) -> None:
     path = tmp_path / "lineage.jsonl"
     emitter = LineageEmitter(LineageConfig(file_path=str(path)),
@@ -545,3 +602,45 @@ def test_server_error_logs_a_warning(lineage_server: _LineageServer, caplog: pyt
     assert len(lineage_server.received) == 2  # the first try and one retry
     [message] = warnings_of(caplog)
     assert "500" in message
+
+
+# --------------------------------------------------------------------------------------------------
+# dagster_bento.redact: the one place that decides what a credential looks like
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("postgresql://alice:s3cr3t@db:5432/wh", "postgresql://alice:***@db:5432/wh"),
+    ("postgresql://alice@db/wh?password=s3cr3t&sslmode=require", "postgresql://alice@db/wh?password=***&sslmode=require"),
+    ("postgresql://db/wh?sslpassword=s3cr3t&bento_fetch_role=reader",
+     "postgresql://db/wh?sslpassword=***&bento_fetch_role=reader"),
+    ("postgresql://db/wh?PassWord=s3cr3t", "postgresql://db/wh?PassWord=***"),
+    ("postgresql://db/wh?pass%77ord=s3cr3t", "postgresql://db/wh?pass%77ord=***"),
+    ("postgresql://a:p@ss/w?rd@db/wh", "postgresql://a:***@db/wh"),
+    ("postgresql://a:pa?ss@db/wh", "postgresql://a:***@db/wh"),
+    ("jdbc:postgresql://db/wh;password=s3cr3t;user=y", "jdbc:postgresql://db/wh;password=***;user=y"),
+    ("http://marquez:5000/api?api_key=s3cr3t&x=1", "http://marquez:5000/api?api_key=***&x=1"),
+    ("https://hooks.slack.com/services/T0000/B0000/XXXXXXXXXXXXXXXXXXXXXXXX",
+     "https://hooks.slack.com/services/T0000/B0000/***"),
+    ("duckdb:///srv/warehouse.duckdb", "duckdb:///srv/warehouse.duckdb"),
+    ("http://dagster:3000/runs/6f1c1a3e-1111-2222-3333-444455556666",
+     "http://dagster:3000/runs/6f1c1a3e-1111-2222-3333-444455556666"),
+    ("postgresql://host:5432/db?user=x@y", "postgresql://host:5432/db?user=x@y"),
+])
+def test_redact_url(url: str, expected: str) -> None:
+    from dagster_bento.redact import redact_url
+
+    assert redact_url(url) == expected
+
+
+def test_redact_text_and_webhooks() -> None:
+    from dagster_bento.redact import redact_text, redact_url
+
+    text = ("connect to postgresql://a:xyz1@h/db?token=QQ9 failed; conninfo host=h user=a password='se cret' "
+            "dbname=db; retry with PGPASSWORD=abc")
+    out = redact_text(text)
+    for secret in ("xyz1", "QQ9", "se cret", "cret", "abc"):
+        assert secret not in out
+    assert "postgresql://a:***@h/db" in out and "host=h user=a" in out
+    assert redact_url("https://hooks.example.com/T000/B000", secret_path=True) == "https://hooks.example.com/***"
+    assert redact_text("") == "" and redact_text("cell 4: x=1") == "cell 4: x=1"
