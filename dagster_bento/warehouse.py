@@ -20,9 +20,10 @@ Data moves as files, never through ``pandas.read_sql``/``to_sql``:
   transaction: every table is loaded or none is. Each file is validated before anything is written; a data
   file or CSV sidecar that is not a regular file (a symlink, a FIFO, ...) is refused.
   ``overwrite`` of an existing table whose columns stay the same (names and types) empties it and loads
-  the new rows in place (PostgreSQL ``TRUNCATE`` + insert, in the transaction), so grants, indexes, comments
-  and the views that depend on it are kept. When the columns change, the table is replaced; on PostgreSQL
-  that is refused, with nothing written, while views depend on the table.
+  the new rows in place (PostgreSQL ``DELETE`` + insert, in the transaction: readers see the old rows until
+  commit and are not blocked), so grants, indexes, comments and the views that depend on it are kept. When the
+  columns change, the table is replaced; on PostgreSQL that is refused, with nothing written, while views depend
+  on the table.
 
 Parquet is lossless (nullable 64-bit integers, time zones, ``''`` vs NULL all survive when the notebook reads
 with ``pd.read_parquet(path, dtype_backend="pyarrow")``). CSV is opt-in (``fmt="csv"``) and is written and read
@@ -85,6 +86,7 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import TokenType
 
+from dagster_bento import tables as _tables
 from dagster_bento.errors import (
     DagsterBentoError,
     DagsterBentoFetchError,
@@ -275,28 +277,26 @@ def _parse_url(url: str) -> URL:
 # Small SQL helpers
 
 
-def normalize_table_name(table: str, default_schema: str) -> str:
-    """``"Sales.Orders"`` -> ``"sales.orders"``; a bare name goes to ``default_schema``."""
-    parts = [part.strip().strip('"').lower() for part in table.strip().split(".")]
-    if len(parts) == 1:
-        parts.insert(0, default_schema)
-    if len(parts) != 2 or not all(parts):
-        raise ValueError(f"table name {table!r} is not of the form 'schema.table'")
-    return ".".join(parts)
+def normalize_table_name(table: str, default_schema: str, dialect: str | None = None) -> str:
+    """``"Sales.Orders"`` -> ``"sales.orders"``; a bare name goes to ``default_schema``. Two parts only (no
+    catalog). One implementation with the SQL analysis and the zones: :func:`dagster_bento.tables.normalise`."""
+    try:
+        return _tables.normalise(table.strip(), default_schema, dialect, max_parts=2)
+    except ValueError as err:
+        raise ValueError(f"table name {table!r} is not of the form 'schema.table' ({err})") from err
 
 
 def _split_table(table: str) -> tuple[str, str]:
-    schema, _, name = table.partition(".")
-    return schema, name
+    """``(schema, table)`` of a canonical two-part name (quoted parts unquoted)."""
+    return _tables.schema_and_table(table)
 
 
 def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    return _tables.quote_ident(name)
 
 
 def _qualified(table: str) -> str:
-    schema, name = _split_table(table)
-    return f"{quote_ident(schema)}.{quote_ident(name)}"
+    return _tables.quoted_sql(table)
 
 
 def _sql_string(value: str) -> str:
@@ -330,96 +330,32 @@ class _ForbiddenSqlError(_SqlShapeError):
     """The SQL uses something a SQL cell may not use (see Security in the module docstring)."""
 
 
-# DuckDB table functions that read a table named by a string or run SQL given as text: the static table
-# analysis behind the purpose-zone checks cannot see which tables they read. (File readers need no entry:
-# the fetch connection has no external access.)
-_DUCKDB_FORBIDDEN_FUNCTIONS = frozenset(
-    {
-        "query", "query_table", "json_execute_serialized_sql", "duckdb_table_sample", "pragma_storage_info",
-        "storage_info", "histogram", "histogram_values",
-    }
-)  # fmt: skip
-# PostgreSQL: functions that run SQL given as text (or read tables named by a string), and set_config, which
-# could undo SET ROLE; U&"..." identifiers could spell any of them in escapes.
-_PG_FORBIDDEN = re.compile(
-    r"\b(set_config|ts_stat|dblink\w*|(?:query|table|cursor|schema|database)_to_xml\w*)\b|\bu&\"", re.IGNORECASE
-)
-_PG_QUERY_STARTS = frozenset({TokenType.SELECT, TokenType.WITH, TokenType.VALUES, TokenType.TABLE, TokenType.L_PAREN})
+# Which functions a SQL cell may call is an allowlist per dialect, kept with the SQL analysis
+# (dagster_bento.sql.ALLOWED_FUNCTIONS) and checked on the names the warehouse's own parser sees: the same check
+# runs at load time (`dagster-bento check`) and here, right before every fetch.
 
 
-def _forbidden_functions_error(names: Iterable[str]) -> _ForbiddenSqlError:
-    listed = ", ".join(f"{n}()" for n in sorted(names))
-    return _ForbiddenSqlError(
-        f"the query calls {listed}, which reads tables named by a string or runs SQL given as text; that is not "
-        "allowed in a SQL cell because the purpose-zone checks cannot see which tables it reads. "
-        "Name the tables in the query itself (SELECT ... FROM schema.table)"
-    )
+def _checked_by_sql_analysis(query: str, dialect: str) -> None:
+    from dagster_bento import sql as _sql
+
+    try:
+        if dialect == "postgres":
+            _sql._pg_check_shape(_sql._pg_parse(query))
+        _sql.check_functions(query, dialect)
+    except _sql.SqlAnalysisError as err:
+        raise _ForbiddenSqlError(str(err)) from err
 
 
 def _duckdb_check_query(con: duckdb.DuckDBPyConnection, query: str) -> None:
-    """Refuse calls of :data:`_DUCKDB_FORBIDDEN_FUNCTIONS`, found by DuckDB's own parser."""
-    tree = json.loads(con.execute("SELECT json_serialize_sql($1)", [query]).fetchall()[0][0])
-    if not tree.get("error"):
-        called = _json_table_functions(tree)
-    elif tree.get("error_type") == "parser":
-        return  # DuckDB reports the syntax error itself when the query runs
-    else:  # not a plain SELECT (PIVOT, PRAGMA, CALL, ...): every name that is called like a function
-        called = _duckdb_called_names(query)
-    forbidden = called & _DUCKDB_FORBIDDEN_FUNCTIONS
-    if forbidden:
-        raise _forbidden_functions_error(forbidden)
-
-
-def _json_table_functions(tree: Any) -> set[str]:
-    """Lower-case names of the table functions in a ``json_serialize_sql`` tree (subqueries and CTEs too)."""
-    names: set[str] = set()
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            function = node.get("function")
-            if node.get("type") == "TABLE_FUNCTION" and isinstance(function, dict):
-                names.add(str(function.get("function_name", "")).lower())
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return names
-
-
-def _duckdb_called_names(query: str) -> set[str]:
-    """Lower-case names directly followed by ``(`` (comments skipped), by DuckDB's tokenizer."""
-    tokens = duckdb.tokenize(query)
-    texts = []
-    for i, (start, kind) in enumerate(tokens):
-        end = tokens[i + 1][0] if i + 1 < len(tokens) else len(query)
-        texts.append((query[start:end].strip(), kind))
-    significant = [(text, kind) for text, kind in texts if kind != duckdb.token_type.comment]
-    names = set()
-    for (text, kind), (following, _) in zip(significant, significant[1:]):
-        if kind in (duckdb.token_type.identifier, duckdb.token_type.keyword) and following.startswith("("):
-            names.add(text.strip('"').lower())
-    return names
+    """Refuse calls of functions that are not on the DuckDB allowlist, found by DuckDB's own parser."""
+    del con  # the check parses on its own connection without data or external access
+    _checked_by_sql_analysis(query, "duckdb")
 
 
 def _postgres_check_query(query: str) -> None:
-    """A PostgreSQL fetch must be one query and must not call :data:`_PG_FORBIDDEN` (checked on the raw text, so
-    a name in a comment or string is refused too)."""
-    match = _PG_FORBIDDEN.search(query)
-    if match:
-        if match.group(1) is None:
-            raise _ForbiddenSqlError('the query uses a U&"..." identifier, which is not allowed in a SQL cell')
-        if match.group(1).lower() == "set_config":
-            raise _ForbiddenSqlError("the query calls set_config(), which is not allowed in a SQL cell")
-        raise _forbidden_functions_error([match.group(1).lower()])
-    try:
-        tokens = Dialect.get_or_raise("postgres").tokenize(query)
-    except SqlglotError as err:
-        raise _ForbiddenSqlError(f"the query could not be checked before running it ({err})") from err
-    if not tokens or tokens[0].token_type not in _PG_QUERY_STARTS:
-        first = tokens[0].text.upper() if tokens else ""
-        raise _ForbiddenSqlError(
-            f"a SQL cell must be one query (SELECT, WITH, VALUES or TABLE); a {first} statement is not allowed"
-        )
+    """A PostgreSQL fetch must be one SELECT (no INTO, no row locks) calling only allowlisted functions, as
+    PostgreSQL's own parser (libpg_query) reads it — so ``U&"..."`` spellings and comments cannot hide a call."""
+    _checked_by_sql_analysis(query, "postgres")
 
 
 def _db_message(err: BaseException) -> str:
@@ -1806,40 +1742,40 @@ class PostgresWarehouse(Warehouse):
         return UploadResult(p.table, p.rows, rows_in_table, final, time.perf_counter() - start)
 
     def _overwrite(self, cur: Any, p: _PreparedUpload, existing: tuple[ColumnInfo, ...]) -> None:
-        """Replace the rows of an existing table, all inside the upload transaction (readers see the old rows
-        until commit). When the columns stay the same (names and types) the table is kept: ``TRUNCATE`` + insert,
-        so grants, indexes, comments and dependent views survive. Otherwise the table is replaced, which is
-        refused (nothing written) while views depend on it."""
+        """Replace the rows of an existing table, all inside the upload transaction.
+
+        When the columns stay the same (names and types) the table is kept: ``DELETE`` + insert, so grants,
+        indexes, comments and dependent views survive, and readers are not blocked: ``DELETE`` takes a ROW
+        EXCLUSIVE lock, so a concurrent ``SELECT`` sees the old rows until commit (``TRUNCATE`` would take an
+        ACCESS EXCLUSIVE lock and block every reader for the whole load). The price is dead rows for
+        autovacuum to reclaim, and a ``DELETE`` slower than ``TRUNCATE`` on large tables (see ``bench`` in
+        the tests). When the columns change, the table is replaced: the new rows are loaded into a new table
+        first (readers still see the old one), then the old table is dropped and the new one renamed in the
+        same transaction, so readers wait only from the swap to the commit. Replacing is refused (nothing
+        written) while views depend on the table."""
         schema, name = _split_table(p.table)
         target = _qualified(p.table)
         if {c.name for c in existing} == set(p.schema.names) and _pg_copy_matches(p.schema, existing):
-            cur.execute(f"TRUNCATE {target}")  # the new table would have exactly these columns: load in place
+            cur.execute(f"DELETE FROM {target}")  # the new table would have exactly these columns: load in place
             self._ingest(cur, p, name, schema=schema, mode="append")
             return
-        # Stage the output as the new table would be created, then compare its columns with the table's.
-        stage = f"_bento_stage_{uuid.uuid4().hex[:12]}"
-        self._ingest(cur, p, stage, schema=None)
-        staged = self._temp_columns(cur, stage)
+        # Stage the output as the new table would be created (a table that only this transaction sees),
+        # then compare its columns with the table's.
+        stage = f"_bento_new_{uuid.uuid4().hex[:12]}"
+        staged_name = _qualified(f"{schema}.{stage}")
+        self._ingest(cur, p, stage, schema=schema)
+        staged = self._columns(cur, f"{schema}.{stage}") or ()
         if {c.name: c.type for c in staged} == {c.name: c.type for c in existing}:
-            cur.execute(f"TRUNCATE {target}")
+            cur.execute(f"DELETE FROM {target}")
             names = ", ".join(quote_ident(c.name) for c in staged)
-            cur.execute(f"INSERT INTO {target} ({names}) SELECT {names} FROM pg_temp.{quote_ident(stage)}")
-        else:
-            views = self._dependent_views(cur, p.table)
-            if views:
-                raise _DependentViewsError(p.table, existing, staged, views)
-            cur.execute(f"DROP TABLE {target}")
-            cur.execute(f"CREATE TABLE {target} AS TABLE pg_temp.{quote_ident(stage)}")
-        cur.execute(f"DROP TABLE pg_temp.{quote_ident(stage)}")
-
-    @staticmethod
-    def _temp_columns(cur: Any, table: str) -> tuple[ColumnInfo, ...]:
-        cur.execute(
-            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            (f"pg_temp.{quote_ident(table)}",),
-        )
-        return tuple(ColumnInfo(n, t) for n, t in cur.fetchall())
+            cur.execute(f"INSERT INTO {target} ({names}) SELECT {names} FROM {staged_name}")
+            cur.execute(f"DROP TABLE {staged_name}")
+            return
+        views = self._dependent_views(cur, p.table)
+        if views:
+            raise _DependentViewsError(p.table, existing, staged, views)
+        cur.execute(f"DROP TABLE {target}")
+        cur.execute(f"ALTER TABLE {staged_name} RENAME TO {quote_ident(name)}")
 
     @staticmethod
     def _dependent_views(cur: Any, table: str) -> list[str]:

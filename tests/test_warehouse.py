@@ -5,6 +5,7 @@ import dataclasses
 import datetime as dt
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import uuid
@@ -1104,3 +1105,253 @@ def test_arrow_file_with_corrupt_offsets_is_refused_before_loading(duck_env: Env
     with pytest.raises(DagsterBentoOutputError, match="not a valid Arrow IPC file"):
         duck_env.wh.upload([UploadRequest(target, path, fmt="arrow", notebook=NB, cell=2)], run_id="r1")
     assert not duck_env.exists(target)
+
+
+# --------------------------------------------------------------------------------------------------
+# Atomicity under faults and load: a failure after the first table, an in-memory warehouse whose connection
+# outlives the failed upload, kill -9 of an uploading process, the loading connection terminated mid-COPY,
+# four concurrent writers of one table. Each upload is all or nothing.
+
+
+@pytest.fixture
+def mem_env(tmp_path: Path) -> Iterator[Env]:
+    """The in-memory DuckDB warehouse: one connection for everything, so a failed upload that is not rolled
+    back stays visible to every later read (a file warehouse closes its connection, which rolls back)."""
+    wh = DuckDBWarehouse(":memory:")
+
+    def execute(sql: str) -> list[tuple[Any, ...]]:
+        with wh._connect(write=False) as con:  # noqa: SLF001 - the same connection the uploads use
+            rel = con.sql(sql)
+            return rel.fetchall() if rel is not None else []
+
+    execute("CREATE SCHEMA analytics")
+    yield Env(wh, "analytics", execute, tmp_path)
+    wh.close()
+
+
+@pytest.fixture(params=["duckdb", "duckdb-memory", pytest.param("postgres", marks=pytest.mark.postgres)])
+def atomic_env(request: pytest.FixtureRequest) -> Env:
+    return request.getfixturevalue({"duckdb": "duck_env", "duckdb-memory": "mem_env"}.get(request.param, "pg_env"))
+
+
+def test_injected_failure_after_first_table_is_rolled_back(atomic_env: Env) -> None:
+    """Fails when the rollback is a no-op: on the in-memory warehouse the open transaction would keep the first
+    table's new rows; and the next upload must start a fresh transaction on the same connection."""
+    env = atomic_env
+    a, b = env.t("a"), env.t("b")
+    env.wh.upload([UploadRequest(a, env.parquet("old", {"id": [1, 2]}))], run_id="r0")
+    requests = [UploadRequest(a, env.parquet("new_a", {"id": [7, 8, 9]}), notebook=NB, cell=2),
+                UploadRequest(b, env.parquet("new_b", {"id": [1]}), notebook=NB, cell=3)]
+    for fail_after in (1, 2):  # after the first table; after both, right before the commit
+        with pytest.raises(DagsterBentoUploadError, match="Nothing was written"):
+            env.wh.upload(requests, run_id="r1", _fail_after=fail_after)  # type: ignore[call-arg]
+        assert sorted(r[0] for r in env.execute(f"SELECT id FROM {a}")) == [1, 2]
+        assert not env.exists(b)
+        assert env.scalar(f"SELECT count(*) FROM bento_meta.landings WHERE table_name = '{b}'") == 0
+    [result, _] = env.wh.upload(requests, run_id="r2")  # the warehouse is usable afterwards
+    assert result.rows_in_table == 3 and env.count(b) == 1
+
+
+def _paused_batches(monkeypatch: pytest.MonkeyPatch, *, table: str) -> tuple[threading.Event, threading.Event]:
+    """Make the load of ``table`` stop after its first row has been sent (mid-COPY) until ``release`` is set;
+    ``paused`` is set when it stops."""
+    from dagster_bento import warehouse
+
+    paused, release = threading.Event(), threading.Event()
+    real = warehouse._PreparedUpload.batches  # noqa: SLF001
+
+    def batches(self: Any) -> pa.RecordBatchReader:
+        reader = real(self)
+        if self.table != table:
+            return reader
+
+        def gen() -> Iterator[pa.RecordBatch]:
+            first = True
+            for batch in reader:
+                if first and batch.num_rows > 1:
+                    yield batch.slice(0, 1)
+                    paused.set()
+                    release.wait(30)
+                    batch, first = batch.slice(1), False
+                yield batch
+
+        return pa.RecordBatchReader.from_batches(reader.schema, gen())
+
+    monkeypatch.setattr(warehouse._PreparedUpload, "batches", batches)  # noqa: SLF001
+    return paused, release
+
+
+def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            box["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, box
+
+
+@pytest.mark.postgres
+def test_postgres_overwrite_does_not_block_readers(pg_env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While an overwrite is loading, another session still reads the old rows, without waiting (TRUNCATE would
+    hold an ACCESS EXCLUSIVE lock until commit and block this SELECT)."""
+    t = pg_env.t("busy")
+    pg_env.wh.upload([UploadRequest(t, pg_env.parquet("old", {"id": [1, 2, 3]}))], run_id="r0")
+    paused, release = _paused_batches(monkeypatch, table=t)
+    thread, box = _in_thread(lambda: pg_env.wh.upload(
+        [UploadRequest(t, pg_env.parquet("new", {"id": list(range(10))}))], run_id="r1"))
+    try:
+        assert paused.wait(20), "the overwrite did not start loading"
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute("SET statement_timeout = '3s'")  # blocked behind a lock: fails instead of hanging
+            started = time.monotonic()
+            assert conn.execute(f"SELECT count(*) FROM {t}").fetchone() == (3,)
+            assert time.monotonic() - started < 1.0
+    finally:
+        release.set()
+        thread.join(30)
+    assert "error" not in box, box.get("error")
+    assert pg_env.count(t) == 10
+
+
+@pytest.mark.postgres
+def test_postgres_overwrite_changing_columns_keeps_readers_on_the_old_table(
+    pg_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An overwrite that replaces the table loads the new one first; readers see the old table meanwhile."""
+    t = pg_env.t("reshaped")
+    pg_env.wh.upload([UploadRequest(t, pg_env.parquet("old", {"id": [1, 2, 3]}))], run_id="r0")
+    paused, release = _paused_batches(monkeypatch, table=t)
+    thread, box = _in_thread(lambda: pg_env.wh.upload(
+        [UploadRequest(t, pg_env.parquet("new", {"id": [1, 2], "name": ["a", "b"]}))], run_id="r1"))
+    try:
+        assert paused.wait(20), "the overwrite did not start loading"
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute("SET statement_timeout = '3s'")
+            assert conn.execute(f"SELECT count(*) FROM {t}").fetchone() == (3,)
+    finally:
+        release.set()
+        thread.join(30)
+    assert "error" not in box, box.get("error")
+    assert pg_env.execute(f"SELECT id, name FROM {t} ORDER BY id") == [(1, "a"), (2, "b")]
+    assert pg_env.scalar(f"SELECT count(*) FROM pg_tables WHERE schemaname = '{pg_env.schema}'") == 1
+
+
+@pytest.mark.postgres
+def test_postgres_loading_connection_terminated_mid_copy_writes_nothing(
+    pg_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server ends the loading connection in the middle of a COPY (pg_terminate_backend from another
+    session, as a stopped server or a failover would): the upload fails cleanly and nothing is written."""
+    a, b = pg_env.t("a"), pg_env.t("b")
+    pg_env.wh.upload([UploadRequest(a, pg_env.parquet("old", {"id": [1, 2]}))], run_id="r0")
+    paused, release = _paused_batches(monkeypatch, table=b)
+    thread, box = _in_thread(lambda: pg_env.wh.upload(
+        [UploadRequest(a, pg_env.parquet("new_a", {"id": [5, 6, 7]}), notebook=NB, cell=2),
+         UploadRequest(b, pg_env.parquet("new_b", {"id": [1, 2, 3]}), notebook=NB, cell=3)], run_id="r1"))
+    try:
+        assert paused.wait(20), "the upload did not reach the second table"
+        [(pid,)] = pg_env.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid::bigint = "
+            f"(hashtext('bento:{b}')::bigint & 4294967295)")
+        assert pg_env.execute(f"SELECT pg_terminate_backend({pid})") == [(True,)]
+    finally:
+        release.set()
+        thread.join(30)
+    assert isinstance(box.get("error"), DagsterBentoUploadError), box
+    assert "Nothing was written" in str(box["error"])
+    assert sorted(r[0] for r in pg_env.execute(f"SELECT id FROM {a}")) == [1, 2]
+    assert not pg_env.exists(b)
+    pg_env.wh.upload([UploadRequest(b, pg_env.parquet("again", {"id": [1]}))], run_id="r2")  # locks released
+    assert pg_env.count(b) == 1
+
+
+# Writers are forked (everything is imported already: a spawned child would spend ~3 s importing Dagster).
+_FORK = multiprocessing.get_context("fork")
+
+
+def _upload_then_hang(url: str, requests: list[UploadRequest], marker: Path) -> None:
+    """Upload, but stop inside the transaction once the first table is loaded (until killed)."""
+    from dagster_bento import warehouse
+
+    def hang(fail_after: int | None, loaded: int) -> None:
+        if loaded == 1:
+            marker.write_text("loading")
+            time.sleep(120)
+
+    warehouse._maybe_inject = hang  # noqa: SLF001 - this forked child only
+    warehouse_from_url(url).upload(requests, run_id="killed")
+
+
+def _overwrite_repeatedly(url: str, table: str, path: Path, times: int, go: Any) -> None:
+    wh = warehouse_from_url(url)
+    go.wait(30)
+    for i in range(times):
+        wh.upload([UploadRequest(table, path)], run_id=f"o{i}")
+
+
+@pytest.mark.parametrize("kind", ["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_kill_9_during_upload_writes_nothing(kind: str, request: pytest.FixtureRequest) -> None:
+    env: Env = request.getfixturevalue("duck_env" if kind == "duckdb" else "pg_env")
+    url = f"duckdb:///{env.wh.path}" if isinstance(env.wh, DuckDBWarehouse) else PG_URL
+    a, b = env.t("a"), env.t("b")
+    env.wh.upload([UploadRequest(a, env.parquet("old", {"id": [1, 2]}))], run_id="r0")
+    marker = env.tmp / "marker"
+    requests = [UploadRequest(a, env.parquet("new_a", {"id": [5, 6, 7]})),
+                UploadRequest(b, env.parquet("new_b", {"id": [1]}))]
+    child = _FORK.Process(target=_upload_then_hang, args=(url, requests, marker))
+    child.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert child.is_alive() and time.monotonic() < deadline, "the child never reached the upload"
+            time.sleep(0.01)
+        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    finally:
+        child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    assert sorted(r[0] for r in env.execute(f"SELECT id FROM {a}")) == [1, 2]
+    assert not env.exists(b)
+    # the dead process's locks (DuckDB's file lock, PostgreSQL's advisory lock) are gone: a new upload proceeds
+    [result, _] = env.wh.upload(requests, run_id="r1")
+    assert result.rows_in_table == 3
+
+
+@pytest.mark.parametrize("kind", ["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_four_concurrent_overwriters_leave_one_whole_version(kind: str, request: pytest.FixtureRequest) -> None:
+    """Four processes overwrite one table over and over while this one reads it: every read sees exactly one
+    writer's whole output (its own row count, one writer id), never a mix or a partial load."""
+    env: Env = request.getfixturevalue("duck_env" if kind == "duckdb" else "pg_env")
+    url = f"duckdb:///{env.wh.path}" if isinstance(env.wh, DuckDBWarehouse) else PG_URL
+    t = env.t("contended")
+    sizes = {k: 500 * (k + 1) for k in range(4)}
+    paths = [env.parquet(f"o{k}", {"worker": [k] * n, "i": list(range(n))}) for k, n in sizes.items()]
+    seen: list[tuple[int, int, int]] = []
+    go = _FORK.Event()
+    children = [_FORK.Process(target=_overwrite_repeatedly, args=(url, t, p, 2, go)) for p in paths]
+    for c in children:
+        c.start()
+    try:
+        go.set()
+        while any(c.is_alive() for c in children):
+            if env.exists(t):
+                out = env.tmp / "seen.parquet"
+                env.wh.fetch(f"SELECT min(worker) AS lo, max(worker) AS hi, count(*) AS n FROM {t}", out)
+                seen.append(tuple(pq.read_table(out).to_pylist()[0].values()))
+            time.sleep(0.02)
+    finally:
+        for c in children:
+            if c.is_alive():
+                c.kill()
+            c.join(30)
+    assert [c.exitcode for c in children] == [0] * 4  # a writer's error is printed above
+    assert seen, "no read ran while the writers were busy"
+    for lo, hi, n in seen:
+        assert lo == hi and n == sizes[lo], f"a read saw a mixed or partial table: {(lo, hi, n)}"
+    [(lo, hi, n)] = env.execute(f"SELECT min(worker), max(worker), count(*) FROM {t}")
+    assert lo == hi and n == sizes[lo]
+    assert env.scalar(f"SELECT count(*) FROM bento_meta.landings WHERE table_name = '{t}'") == 8
