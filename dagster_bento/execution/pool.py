@@ -50,7 +50,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 
-from dagster_bento.execution import sandbox
+from dagster_bento.execution import sandbox, workdirs
 from dagster_bento.execution.sandbox import SandboxConfig
 
 _LOG = logging.getLogger(__name__)
@@ -66,6 +66,10 @@ CONNECT_TIMEOUT_S = 2.0
 REQUEST_TIMEOUT_S = 30.0
 _ALLOWED_SIGNALS = {int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGKILL)}
 _HEALTH_INTERVAL_S = 5.0
+# How often a running pool sweeps its run root for directories left by runs that were killed hard.
+_SWEEP_INTERVAL_S = 300.0
+# How long a connection may take to send its first request.
+_FIRST_REQUEST_TIMEOUT_S = 10.0
 
 
 class PoolError(RuntimeError):
@@ -113,15 +117,20 @@ def check_private_dir(path: Path, *, create: bool = False) -> None:
 def pool_key(config: SandboxConfig) -> str:
     """Everything fixed when a kernel starts; a run may use a pooled kernel only if its key is equal.
 
-    The sandbox settings, the Python installation and this sandbox's code; plus the modification times
-    of the site-packages directories, so that installing or removing a package (which the pool's
-    kernels may already have imported) makes the pool's kernels stale instead of silently old.
+    The sandbox settings, the Python installation and this sandbox's code; the kernel's whole command
+    line (with the run directory left out) and the identity of every program in it (`kernel_programs`:
+    real path, device, inode, size and modification time), as this process resolves them — ``env``,
+    ``bwrap`` and ``prlimit`` come from ``PATH``, so a pool started with another ``PATH`` (a wrapper named
+    ``bwrap`` that runs the kernel unsandboxed) has another key; plus the modification times of the
+    site-packages directories, so that installing or removing a package (which the pool's kernels may
+    already have imported) makes the pool's kernels stale instead of silently old.
     """
     site = []
     for entry in sys.path:
         if entry.endswith("site-packages"):
             with contextlib.suppress(OSError):
                 site.append((entry, os.stat(entry).st_mtime_ns))
+    argv = _argv_template(config)
     data = {
         "backend": config.backend,
         "memory_limit_mb": config.memory_limit_mb,
@@ -133,8 +142,91 @@ def pool_key(config: SandboxConfig) -> str:
         "prefix": sys.prefix,
         "site": site,
         "sandbox_code": _sandbox_code_digest(),
+        "argv": argv,
+        "programs": expected_programs(config, argv),
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+# A placeholder for the run directory in the key's copy of the kernel command line (each kernel has its own).
+_RUN_DIR_PLACEHOLDER = "/{bento-run-dir}"
+# Wrappers in a kernel command line that run the command after their options (and a ``--``).
+_WRAPPERS = ("bwrap", "prlimit", "setpriv", "unshare", "systemd-run", "nsenter", "taskset", "nice", "ionice",
+             "timeout", "chroot")
+
+
+def _argv_template(config: SandboxConfig) -> list[str]:
+    """The kernel command line for ``config`` without what differs between two equivalent kernels: the run
+    directory, and the name the interpreter was started by (``.venv/bin/python`` or ``python3``, the same
+    installation: the key has its real path and prefix, and `expected_programs` its identity)."""
+    run_dir = Path(_RUN_DIR_PLACEHOLDER)
+    try:
+        argv = sandbox.kernel_argv(config, run_dir, run_dir / sandbox.STATE_DIR_NAME)
+    except Exception as err:  # noqa: BLE001 - a key that matches no pool: the run starts its own kernel
+        return [f"<no command line: {err!r}>"]
+    return ["{python}" if arg == sys.executable else arg for arg in argv]
+
+
+def kernel_programs(argv: Sequence[str]) -> list[str]:
+    """The programs a kernel command line runs, in order: ``argv[0]``, then the command each wrapper
+    runs (``env [-i] [NAME=VALUE...] CMD``; ``bwrap``, ``prlimit``... ``-- CMD``), down to the first program
+    that is not a wrapper (the kernel's Python)."""
+    programs: list[str] = []
+    i = 0
+    while i < len(argv):
+        program = argv[i]
+        programs.append(program)
+        name = os.path.basename(program)
+        if name == "env":
+            i += 1
+            while i < len(argv) and (argv[i].startswith("-") or "=" in argv[i]):
+                i += 1
+            continue
+        if name in _WRAPPERS and "--" in argv[i + 1:]:
+            i = argv.index("--", i + 1) + 1
+            continue
+        break
+    return programs
+
+
+def program_identity(program: str) -> list[Any]:
+    """What a program of a kernel command line is in this process: the real path it resolves to (a bare
+    name through this process's ``PATH``) and that file's device, inode, size and modification time. Two
+    processes agree on a program only if all of these are equal."""
+    if program == "{python}":
+        program = sys.executable
+    resolved = program if os.sep in program else shutil.which(program)
+    if resolved is None:
+        return [f"{program} (not found)"]
+    real = os.path.realpath(resolved)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return [f"{real} (missing)"]
+    return [real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def expected_programs(config: SandboxConfig, argv: Sequence[str] | None = None) -> list[list[Any]]:
+    """The identities of the programs a kernel for ``config`` would run if this process started it: those of
+    its command line, and ``env``, ``bwrap`` and ``prlimit`` as the sandbox finds them on ``PATH`` (whether
+    or not this version's command line names them)."""
+    argv = _argv_template(config) if argv is None else argv
+    programs = [program_identity(p) for p in kernel_programs(argv)]
+    for tool in ("ENV_EXECUTABLE", "BWRAP_EXECUTABLE", "PRLIMIT_EXECUTABLE"):
+        name = getattr(sandbox, tool, None)
+        if name:
+            found = sandbox._which(name)
+            programs.append([f"{name}:", *(program_identity(found) if found else [None])])
+    return programs
+
+
+def _argv_problem(argv: Sequence[str]) -> str:
+    """Why a kernel command line must not run (a program that is not an absolute path), or ""."""
+    relative = [p for p in kernel_programs(argv) if not os.path.isabs(p) and p != "{python}"]
+    if relative:
+        return (f"the kernel command line runs {', '.join(map(repr, relative))} by a name looked up on PATH; "
+                "every program it runs must be an absolute path")
+    return ""
 
 
 _CODE_DIGEST: list[str] = []
@@ -156,13 +248,18 @@ def _sandbox_code_digest() -> str:
 
 @dataclasses.dataclass
 class _Kernel:
-    work_dir: Path
+    work: workdirs.WorkDir  # held (flock) for the kernel's life: a sweep after a crash deletes it
     run_dir: Path
     state: Path
     km: AsyncKernelManager
     log: IO[bytes]
     started: float  # time.monotonic() when it became ready
+    programs: list[list[Any]]  # `expected_programs` of the command line it was started with
     discarded: bool = False
+
+    @property
+    def work_dir(self) -> Path:
+        return self.work.path
 
 
 class KernelPoolServer:
@@ -177,6 +274,10 @@ class KernelPoolServer:
             raise PoolError(f"size must be at least 1, got {size}")
         self.config = config
         self.key = pool_key(config)
+        self.programs = expected_programs(config)
+        problem = _argv_problem(_argv_template(config))
+        if problem:
+            raise PoolError(problem)
         self.socket_path = Path(socket_path)
         self.size = size
         self.run_root = Path(run_root) if run_root else Path(tempfile.gettempdir())
@@ -193,12 +294,15 @@ class KernelPoolServer:
         self._stop: asyncio.Event | None = None
         self._kill: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # the connections holding a kernel that is not yet discarded: the only ones a first stop waits for
+        self._holding: dict[asyncio.Task[Any], _Kernel] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
-        """Serve until SIGINT/SIGTERM (or the idle timeout). The first signal stops lending and waits for
-        the runs holding a kernel to finish; a second one kills their kernels too."""
+        """Serve until SIGINT/SIGTERM (or the idle timeout). The first signal stops lending, closes every
+        connection that holds no kernel and waits for the runs holding one to release it; a second one kills
+        their kernels too."""
         asyncio.run(self.serve())
 
     async def serve(self, ready: "asyncio.Event | None" = None) -> None:
@@ -213,6 +317,11 @@ class KernelPoolServer:
             lock.close()
             raise PoolError(f"another kernel pool already serves {self.socket_path}") from None
         try:
+            # every kernel directory this pool had when it was killed, and every run's left by a run
+            # killed hard: stale exactly when no process holds its lock any more (workdirs)
+            swept = await asyncio.to_thread(workdirs.sweep, self.run_root)
+            if swept:
+                self.log.info(f"kernel pool: deleted {len(swept)} stale run director(ies) in {self.run_root}")
             await self._serve_locked(ready)
         finally:
             lock.close()
@@ -245,13 +354,17 @@ class KernelPoolServer:
             for kernel in self.ready:
                 await self._discard(kernel)
             self.ready.clear()
-            if self._tasks:
-                self.log.info(f"kernel pool stopping: waiting for {self.leased} run(s) holding a kernel "
+            # connections that hold no kernel (a status request, a refused or idle client, a run that
+            # already released its kernel) are closed now; only runs holding a kernel are waited for
+            for task in list(self._tasks):
+                if task not in self._holding:
+                    task.cancel()
+            if self._holding:
+                self.log.info(f"kernel pool stopping: waiting for {len(self._holding)} run(s) holding a kernel "
                               "(stop again to kill their kernels)")
-                waiting = asyncio.ensure_future(asyncio.gather(*self._tasks, return_exceptions=True))
-                killing = asyncio.ensure_future(self._kill.wait())
-                await asyncio.wait({waiting, killing}, return_when=asyncio.FIRST_COMPLETED)
-                killing.cancel()
+                while self._holding and not self._kill.is_set():
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._kill.wait(), timeout=0.05)
         finally:
             server.close()
             filler.cancel()
@@ -301,18 +414,22 @@ class KernelPoolServer:
             await self._wake.wait()
 
     async def _start_kernel(self) -> _Kernel:
-        self.run_root.mkdir(parents=True, exist_ok=True)
-        work_dir = Path(tempfile.mkdtemp(prefix="bento-pool-", dir=self.run_root)).resolve()
-        os.chmod(work_dir, 0o700)
+        work = workdirs.create(self.run_root, "bento-pool-", subdirs=("nb", *(f"nb/{s}" for s in RUN_SUBDIRS)))
+        work_dir = work.path
         run_dir = work_dir / "nb"
-        run_dir.mkdir()
-        for sub in RUN_SUBDIRS:
-            (run_dir / sub).mkdir()
         log = tempfile.TemporaryFile(prefix="bento-kernel-log-")
         km: AsyncKernelManager | None = None
         try:
             state = sandbox._prepare_state_dir(self.config, run_dir, "kernel pool")
             km = sandbox._make_kernel_manager(self.config, run_dir, state)
+            argv = list(km.kernel_spec.argv)
+            problem = _argv_problem(argv)
+            if problem:
+                raise PoolError(problem)
+            programs = expected_programs(self.config, argv)
+            if programs != self.programs:
+                raise PoolError(f"the kernel would run {programs}, not the programs this pool's key names "
+                                f"{self.programs} (did PATH or an installed program change?); restart the pool")
             # as nbclient starts kernels: IPython's history in memory, not in a file in the sandbox's /tmp
             await km.start_kernel(env={}, stdout=subprocess.DEVNULL, stderr=log,
                                   extra_arguments=["--HistoryManager.hist_file=:memory:"])
@@ -321,13 +438,14 @@ class KernelPoolServer:
             if km is not None:
                 with contextlib.suppress(Exception):
                     await km.shutdown_kernel(now=True)
-            shutil.rmtree(work_dir, ignore_errors=True)
+            work.remove()
             tail = sandbox._log_tail(log)
             log.close()
             if tail:
                 self.log.error(f"kernel pool: kernel output:\n{tail}")
             raise
-        return _Kernel(work_dir=work_dir, run_dir=run_dir, state=state, km=km, log=log, started=time.monotonic())
+        return _Kernel(work=work, run_dir=run_dir, state=state, km=km, log=log, started=time.monotonic(),
+                       programs=programs)
 
     async def _warm(self, km: AsyncKernelManager) -> None:
         kc = km.client()
@@ -350,8 +468,13 @@ class KernelPoolServer:
     async def _health(self) -> None:
         """Replace ready kernels that died while waiting; stop when idle for ``idle_exit_s``."""
         assert self._stop is not None and self._wake is not None
+        last_sweep = time.monotonic()
         while True:
             await asyncio.sleep(_HEALTH_INTERVAL_S)
+            if time.monotonic() - last_sweep > _SWEEP_INTERVAL_S:
+                last_sweep = time.monotonic()
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(workdirs.sweep, self.run_root)
             try:
                 for kernel in list(self.ready):
                     if not await kernel.km.is_alive() and kernel in self.ready:  # (not lent meanwhile)
@@ -375,8 +498,11 @@ class KernelPoolServer:
         with contextlib.suppress(Exception):
             await kernel.km.cleanup_resources()
         # a big run directory takes a while to delete: not on the loop that answers every run
-        await asyncio.to_thread(shutil.rmtree, kernel.work_dir, ignore_errors=True)
+        await asyncio.to_thread(kernel.work.remove)
         kernel.log.close()
+        for task, held in list(self._holding.items()):
+            if held is kernel:
+                del self._holding[task]
 
     # -- serving runs -----------------------------------------------------------------------------
 
@@ -388,7 +514,10 @@ class KernelPoolServer:
         try:
             if not _peer_is_us(writer):
                 return
-            request = await _read_message(reader)
+            try:
+                request = await asyncio.wait_for(_read_message(reader), timeout=_FIRST_REQUEST_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                return
             if request is None:
                 return
             op = request.get("op")
@@ -401,7 +530,9 @@ class KernelPoolServer:
             self._last_activity = time.monotonic()
             self.leased += 1  # before any await: the idle check must not stop the pool under this run
             try:
-                kernel, reason = await self._take(request.get("key"))
+                kernel, reason = await self._take(request.get("key"), request.get("programs"))
+                if kernel is not None and task is not None:
+                    self._holding[task] = kernel
             finally:
                 if kernel is None:
                     self.leased -= 1
@@ -416,7 +547,8 @@ class KernelPoolServer:
             info["key"] = info["key"].decode() if isinstance(info["key"], bytes) else info["key"]
             await _send(writer, {"ok": True, "run_dir": str(kernel.run_dir), "state_dir": str(kernel.state),
                                  "kernel_id": kernel.km.kernel_id, "connection": info,
-                                 "ready_s": round(time.monotonic() - kernel.started, 3)})
+                                 "ready_s": round(time.monotonic() - kernel.started, 3),
+                                 "programs": kernel.programs})
             await self._serve_lease(kernel, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -435,9 +567,11 @@ class KernelPoolServer:
             if task is not None:
                 self._tasks.discard(task)
 
-    async def _take(self, key: Any) -> tuple[_Kernel | None, str]:
+    async def _take(self, key: Any, programs: Any = None) -> tuple[_Kernel | None, str]:
         if self._stop is not None and self._stop.is_set():
             return None, "the kernel pool is stopping"
+        if programs is not None and programs != self.programs:
+            return None, _describe_program_difference(self.programs, programs)
         if key != self.key:
             return None, ("the pool's sandbox settings differ from this run's: "
                           f"{_describe_key_difference_remote(self.config)}")
@@ -473,7 +607,9 @@ class KernelPoolServer:
             elif op == "release":
                 await self._discard(kernel)  # before answering: the run may rely on the kernel being gone
                 await _send(writer, {"ok": True})
-                await reader.read()  # the run holds the lease until it ends (see KernelLease.release)
+                # The run holds the connection until it ends (see KernelLease.release) and sends nothing
+                # more: anything it does send ends the connection at once instead of piling up in memory.
+                await reader.read(1)
                 return
             else:
                 await _send(writer, {"ok": False, "reason": f"unknown request {op!r}"})
@@ -486,6 +622,18 @@ class KernelPoolServer:
 
 def _settings(config: SandboxConfig) -> dict[str, Any]:
     return {name: getattr(config, name) for name in ("backend", "memory_limit_mb", "tmp_size_mb", "max_file_mb")}
+
+
+def _describe_program_difference(ours: list[list[Any]], theirs: Any) -> str:
+    def show(programs: Any) -> str:
+        try:
+            return ", ".join(str(p[0]) for p in programs if not str(p[0]).endswith(":"))
+        except (TypeError, IndexError):
+            return repr(programs)[:300]
+
+    return (f"the pool's kernels run other programs than this run's would: the pool runs {show(ours)}, this "
+            f"run would run {show(theirs)} (another PATH, or a program reinstalled since the pool started; "
+            "restart the pool with the runs' PATH)")
 
 
 def _describe_key_difference_remote(config: SandboxConfig) -> str:
@@ -539,7 +687,9 @@ class KernelLease:
         self.kernel_id = str(reply["kernel_id"])
         self.connection = dict(reply["connection"])
         self.ready_s = float(reply.get("ready_s", 0.0))
+        self.programs = reply.get("programs")
         self.released = False
+        self._hold_fd: int | None = None  # a shared lock on the kernel directory's owner marker (workdirs)
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -602,6 +752,10 @@ class KernelLease:
         with contextlib.suppress(OSError):
             self._file.close()
             self._sock.close()
+        if self._hold_fd is not None:
+            fd, self._hold_fd = self._hold_fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def kernel_manager(self) -> AsyncKernelManager:
         """A kernel manager that talks to this kernel and kills it through the pool."""
@@ -647,18 +801,14 @@ class LocalKernel:
         if config.backend != "bwrap":
             raise PoolError(f"a local kernel is started for the bwrap sandbox only, not {config.backend!r}")
         sandbox.check_sandbox_available(config)
-        root = Path(run_root) if run_root else Path(tempfile.gettempdir())
-        root.mkdir(parents=True, exist_ok=True)
-        self.work_dir = Path(tempfile.mkdtemp(prefix="bento-k-", dir=root)).resolve()
-        os.chmod(self.work_dir, 0o700)
+        self.work = workdirs.create(workdirs.run_root(run_root), "bento-k-",
+                                    subdirs=("nb", *(f"nb/{s}" for s in RUN_SUBDIRS)))
+        self.work_dir = self.work.path
         self.run_dir = self.work_dir / "nb"
         self.released = False
         self.log = tempfile.TemporaryFile(prefix="bento-kernel-log-")
         self.process: subprocess.Popen[bytes] | None = None
         try:
-            self.run_dir.mkdir()
-            for sub in RUN_SUBDIRS:
-                (self.run_dir / sub).mkdir()
             self.state_dir = sandbox._prepare_state_dir(config, self.run_dir, label or "kernel")
             from jupyter_client.connect import write_connection_file
 
@@ -677,7 +827,7 @@ class LocalKernel:
                                             cwd=str(self.run_dir))
             # if the run never gets to close it (an invocation that is never waited on), garbage collection
             # or the interpreter's exit still kills the kernel and deletes its directory
-            self._finalizer = weakref.finalize(self, _remove_local_kernel, self.process, self.work_dir)
+            self._finalizer = weakref.finalize(self, _remove_local_kernel, self.process, self.work)
         except BaseException:
             self.close()
             raise
@@ -706,7 +856,7 @@ class LocalKernel:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.process.wait(timeout=10)
         if wait:
-            shutil.rmtree(self.work_dir, ignore_errors=True)  # fd-based: never follows the notebook's links
+            self.work.remove()  # fd-based: never follows the notebook's links
 
     def close(self) -> None:
         self.release()
@@ -722,13 +872,13 @@ class LocalKernel:
         self.close()
 
 
-def _remove_local_kernel(process: "subprocess.Popen[bytes]", work_dir: Path) -> None:
+def _remove_local_kernel(process: "subprocess.Popen[bytes]", work: workdirs.WorkDir) -> None:
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=10)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    work.remove()
 
 
 def _preload_code(modules: Sequence[str]) -> str:
@@ -751,10 +901,12 @@ def lease_kernel(socket_path: str | os.PathLike[str], config: SandboxConfig, *, 
     except PoolError as err:
         return None, f"not using the kernel pool socket {path}: {err}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    programs = expected_programs(config)
     try:
         sock.settimeout(timeout_s)
         sock.connect(str(path))
-        sock.sendall(json.dumps({"op": "lease", "key": pool_key(config), "label": label}).encode() + b"\n")
+        sock.sendall(json.dumps({"op": "lease", "key": pool_key(config), "programs": programs,
+                                 "label": label}).encode() + b"\n")
         reply = json.loads(sock.makefile("rb").readline() or b"null")
     except (OSError, ValueError) as err:
         sock.close()
@@ -769,11 +921,24 @@ def lease_kernel(socket_path: str | os.PathLike[str], config: SandboxConfig, *, 
     except (KeyError, TypeError, ValueError) as err:
         sock.close()
         return None, f"the kernel pool at {path} sent a malformed answer ({err!r})"
+    # The key names the programs too, but check what the kernel was really started with, resolved here: a
+    # pool with another PATH must never lend a kernel that another `bwrap` (or `env`, `prlimit`) started.
+    if lease.programs != programs:
+        lease.close()
+        return None, f"the kernel pool at {path} cannot lend this run a kernel: " + _describe_program_difference(
+            lease.programs, programs)
     problem = _not_ours(lease.run_dir)
     if problem:  # e.g. the pool runs in another container or with another TMPDIR or PrivateTmp
         lease.close()
         return None, (f"the kernel pool at {path} lent a kernel whose directory {lease.run_dir} this process "
                       f"cannot use ({problem}); run the pool as the same user, in the same file system view")
+    try:
+        # the fetched inputs go into the pool's directory: while this run lives, no sweep may delete it
+        # (should the pool die first), and after both are gone the next sweep does
+        lease._hold_fd = workdirs.hold(lease.run_dir.parent)
+    except workdirs.WorkDirError as err:
+        lease.close()
+        return None, f"the kernel pool at {path} lent a kernel whose directory this run cannot hold: {err}"
     return lease, ""
 
 
