@@ -354,7 +354,10 @@ def _duckdb_check_query(con: duckdb.DuckDBPyConnection, query: str) -> None:
 
 def _postgres_check_query(query: str) -> None:
     """A PostgreSQL fetch must be one SELECT (no INTO, no row locks) calling only allowlisted functions, as
-    PostgreSQL's own parser (libpg_query) reads it — so ``U&"..."`` spellings and comments cannot hide a call."""
+    PostgreSQL's own parser (libpg_query) reads it — so comments and quoting cannot hide a call. ``U&"..."``
+    identifiers (which can spell any name in escapes) are refused outright."""
+    if re.search(r'\bu&"', query, re.IGNORECASE):
+        raise _ForbiddenSqlError('the query uses a U&"..." identifier, which is not allowed in a SQL cell')
     _checked_by_sql_analysis(query, "postgres")
 
 
