@@ -4,10 +4,19 @@ The change (a git branch with one commit) holds the notebook, its schedule spec,
 generated pipeline (``reviews/<stem>/pipeline.md``: assets, edges, zones, rendered SQL, schedule) and
 the result of a trial run (``reviews/<stem>/trial-<schedule>.ipynb`` plus its summary in the preview).
 The trial run fetches and executes for real, in the sandbox, but uploads nothing.
+
+Nothing committed carries warehouse data: the trial notebook is committed without outputs, attachments or
+metadata beyond the allowlist of kept notebooks (no widget state, no execution records); the preview
+shows row counts and a column's name only when the name is statically known — it occurs in the
+notebook's source or in its SQL cells' analysed output columns — since a name built from data (a pivot
+over customer names) is data; other columns show as ``column N`` with their type, and nested types
+(whose field names may be data too) show their kind only. Every text from a user document is shown in
+a code span or block whose fence is longer than any backtick run in it, so SQL cannot end its block.
 """
 
 import dataclasses
 import datetime as dt
+import re
 import subprocess
 import uuid
 from collections.abc import Sequence
@@ -97,46 +106,107 @@ def trial_run(project: BentoProject, job: BentoJob, *, warehouse_url: str, artif
             "executed_notebook": str(invocation.executed_notebook) if invocation.executed_notebook else None}
 
 
+def _fence(text: str, info: str = "") -> list[str]:
+    """A fenced code block that ``text`` cannot end: the fence is longer than any backtick run in it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + info, text.replace("\r", ""), fence]
+
+
+def _code(value: Any) -> str:
+    """An inline code span for any text (one line; pipes escaped for table cells)."""
+    text = " ".join(str(value).split()).replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    ticks = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+def _mermaid_label(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_./ -]", "_", text)
+
+
+def _mermaid_id(text: str) -> str:
+    return "n_" + re.sub(r"[^A-Za-z0-9_]", "_", text)
+
+
+_NESTED = re.compile(r"^([A-Za-z0-9_]+)\s*[<(\[{]")
+
+
+def _shown_type(arrow_type: str) -> str:
+    """A column type without the field names nested types carry (those may come from data)."""
+    if any(c in arrow_type for c in "<{:"):
+        match = _NESTED.match(arrow_type)
+        return f"{match.group(1) if match else 'nested'}<…>"
+    return arrow_type
+
+
+def known_column_names(project_dir: Path, job: BentoJob) -> set[str]:
+    """Column names a trial may show: in the notebook's source (already in the commit) or produced by its
+    SQL cells as analysed statically. Anything else may be a data value turned into a name."""
+    known: set[str] = set()
+    for cell in job.sql_cells:
+        known.update(cell.output_columns)
+        for out, deps in cell.column_lineage.items():
+            known.add(out)
+            known.update(col for _table, col in deps)
+    try:
+        nb = nbformat.read(project_dir / job.notebook_path, as_version=4)
+        source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    except (OSError, ValueError):
+        source = ""
+    known.update(re.findall(r"[^\W\d]\w*", source))  # identifiers and words of string literals
+    return known
+
+
 def pipeline_preview(project: BentoProject, jobs: Sequence[BentoJob], trials: Sequence[dict[str, Any]]) -> str:
     translator = DagsterBentoTranslator()
     key = lambda table: translator.get_asset_key(table).to_user_string()  # noqa: E731
-    out = [f"# Scheduling `{jobs[0].notebook_path}`", "",
-           f"Owners: {', '.join(jobs[0].owners)} · zone **{jobs[0].zone}** · spec `{jobs[0].spec.path}`", ""]
-    out += ["## Generated pipeline", "", "```mermaid", "flowchart LR"]
+    out = [f"# Scheduling {_code(jobs[0].notebook_path)}", "",
+           f"Owners: {', '.join(_code(o) for o in jobs[0].owners)} · zone {_code(jobs[0].zone)} · "
+           f"spec {_code(jobs[0].spec.path)}", ""]
+    graph = ["flowchart LR"]
     for job in jobs:
-        out.append(f'  {job.name}[["{job.name} (notebook)"]]')
+        graph.append(f'  {_mermaid_id(job.name)}[["{_mermaid_label(job.name)} (notebook)"]]')
         for table in job.tables_read:
-            out.append(f'  {table.replace(".", "_")}[("{key(table)}")] --> {job.name}')
+            graph.append(f'  {_mermaid_id(table)}[("{_mermaid_label(key(table))}")] --> {_mermaid_id(job.name)}')
         for table in job.tables_written:
-            out.append(f'  {job.name} --> {table.replace(".", "_")}[("{key(table)}")]')
-    out += ["```", ""]
+            graph.append(f'  {_mermaid_id(job.name)} --> {_mermaid_id(table)}[("{_mermaid_label(key(table))}")]')
+    out += ["## Generated pipeline", "", *_fence("\n".join(graph), "mermaid"), ""]
     for job in jobs:
-        when = (f"cron `{job.entry.cron}` ({job.entry.timezone})" if job.entry.cron
+        when = (f"cron {_code(job.entry.cron)} ({_code(job.entry.timezone)})" if job.entry.cron
                 else "when all upstream tables landed" if job.entry.trigger else "manual only")
-        out += [f"### Schedule `{job.name}` — {when}", "",
-                f"Parameters: `{job.display_parameters}` · code version `{job.code_version}`"
-                + (f" · daily partitions from {job.spec.start_date}" if job.spec.partitioned else ""), "",
+        out += [f"### Schedule {_code(job.name)} — {when}", "",
+                f"Parameters: {_code(job.display_parameters)} · code version {_code(job.code_version)}"
+                + (f" · daily partitions from {_code(job.spec.start_date)}" if job.spec.partitioned else ""), "",
                 "| asset | mode | depends on | purpose-zone label |", "|---|---|---|---|"]
         for cell in job.write_cells:
             label = project.computed_labels.get(cell.table)
-            out.append(f"| `{key(cell.table)}` (cell {cell.index}) | {cell.mode} | "
-                       f"{', '.join(f'`{key(t)}`' for t in job.tables_read)} | "
-                       f"{', '.join(sorted(label)) if label is not None else 'not enforced'} |")
+            out.append(f"| {_code(key(cell.table))} (cell {cell.index}) | {_code(cell.mode)} | "
+                       f"{', '.join(_code(key(t)) for t in job.tables_read)} | "
+                       f"{_code(', '.join(sorted(label))) if label is not None else 'not enforced'} |")
         for cell in job.sql_cells:
-            out += ["", f"SQL cell {cell.index} → `{cell.output}` reads {', '.join(cell.tables)}:", "",
-                    "```sql", cell.sql.strip(), "```"]
+            out += ["", f"SQL cell {cell.index} → {_code(cell.output)} reads {', '.join(_code(t) for t in cell.tables)}:",
+                    "", *_fence(cell.sql.strip(), "sql")]
         out.append("")
     out += ["## Trial run (fetch + sandboxed execution; nothing uploaded)", ""]
+    known = {job.name: known_column_names(project.project_dir, job) for job in jobs}
     for trial in trials:
-        out.append(f"### `{trial['schedule']}`: {trial['status']} ({trial['started']})")
+        out.append(f"### {_code(trial['schedule'])}: {trial['status']} ({trial['started']})")
         out.append("")
         if trial["error"]:
-            out += ["```", trial["error"], "```", ""]
-        for o in trial["outputs"]:  # names, counts and types only: no data values reach the review
-            cols = ", ".join(f"{c} {t}" for c, t in o["columns"].items())
-            out.append(f"- `{o['table']}`: {o['rows']} rows; columns: {cols}; label {o['label']}")
+            out += [*_fence(str(trial["error"])), ""]
+        names = known.get(trial["schedule"], set())
+        for o in trial["outputs"]:  # counts, types and statically known names only: no data values
+            cols = ", ".join(f"{_code(c) if c in names else f'column {i}'} {_code(_shown_type(str(t)))}"
+                             for i, (c, t) in enumerate(o["columns"].items()))
+            hidden = sum(1 for c in o["columns"] if c not in names)
+            note = (f" ({hidden} column name(s) not shown: not in the notebook's source, may come from data)"
+                    if hidden else "")
+            out.append(f"- {_code(o['table'])}: {int(o['rows'])} rows; columns: {cols}{note}; "
+                       f"label {_code(o['label'])}")
         if trial["executed_notebook"]:
-            out.append(f"- executed notebook: `{trial['executed_notebook']}`")
+            out.append(f"- executed notebook: {_code(trial['executed_notebook'])}")
         out.append("")
     return "\n".join(out)
 
@@ -165,6 +235,13 @@ def propose_schedule(project_dir: Path, notebook: Path, *, warehouse_url: str | 
     mine = [p for p in project.errors if p.notebook in (display, spec_display)]
     if mine:
         raise DagsterBentoReviewError("the notebook cannot be scheduled yet:\n" + "\n".join(f"  - {p}" for p in mine))
+    carried = data_in_notebook(notebook)
+    if carried:
+        raise DagsterBentoReviewError(
+            f"{display} carries saved results, which would be committed with it:\n"
+            + "\n".join(f"  - {display} {p}" for p in carried)
+            + "\nClear them first (Jupyter: Edit → Clear Outputs of All Cells, and remove widget state: "
+              f"`jupyter nbconvert --clear-output --inplace {display}` does both), then run this again.")
     jobs = [j for j in project.jobs if j.notebook_path == display]
     review_dir = project_dir / REVIEWS_DIR / notebook.stem
     review_dir.mkdir(parents=True, exist_ok=True)
@@ -210,14 +287,39 @@ def propose_schedule(project_dir: Path, notebook: Path, *, warehouse_url: str | 
     return ReviewResult(branch, _git(project_dir, "rev-parse", "HEAD"), files, trials)
 
 
+def data_in_notebook(path: Path) -> list[str]:
+    """Where the notebook file holds results of an interactive session (outputs, widget state, pasted
+    attachments): those may be warehouse data, and the review commits the file as it is."""
+    nb = nbformat.read(path, as_version=4)
+    found = []
+    if "widgets" in nb.metadata:
+        found.append("[notebook metadata]: widget state (`metadata.widgets`)")
+    for i, cell in enumerate(nb.cells):
+        if cell.get("outputs"):
+            found.append(f"[cell {i}]: {len(cell.outputs)} saved output(s)")
+        if cell.get("attachments"):
+            found.append(f"[cell {i}]: attachments {', '.join(sorted(cell.attachments))}")
+        if isinstance(cell.metadata.get("widgets"), dict):
+            found.append(f"[cell {i}]: widget state in cell metadata")
+    return found
+
+
 def _without_outputs(nb: Any) -> Any:
+    """The trial notebook as committed: sources only. Outputs, attachments and every metadata key outside
+    the kept-notebook allowlist (widget state, execution records, editor data) are dropped."""
+    from dagster_bento.execution import artifacts
+
+    nb.metadata = artifacts.allowed_notebook_metadata(nb.get("metadata"))
     for cell in nb.cells:
+        cell.metadata = artifacts.allowed_cell_metadata(cell.get("metadata"))
+        cell.pop("attachments", None)
         if cell.cell_type == "code":
             had_error = any(o.get("output_type") == "error" for o in cell.get("outputs", []))
             cell.outputs = []
             if had_error:
                 cell.outputs = [nbformat.v4.new_output("stream", name="stderr",
                                                        text="[this cell raised; see the trial summary]\n")]
+    nbformat.validate(nb)
     return nb
 
 

@@ -1,5 +1,6 @@
 """`dagster-bento schedule`: spec, pipeline preview and trial run committed on a review branch."""
 
+import json
 import subprocess
 import sys
 
@@ -20,8 +21,9 @@ def git(cwd, *args):
 def repo(tmp_path):
     con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
     con.execute("CREATE SCHEMA raw; CREATE TABLE raw.orders AS SELECT range AS id, range * 1.5::DOUBLE AS amount FROM range(5)")
+    con.execute("CREATE TABLE raw.customers AS SELECT * FROM (VALUES ('alice_pii_7', 1), ('bob_pii_8', 2)) t(name, n)")
     con.close()
-    write_policy(tmp_path, {"raw.orders": ["ANALYTICS"]})
+    write_policy(tmp_path, {"raw.orders": ["ANALYTICS"], "raw.customers": ["ANALYTICS"]})
     (tmp_path / ".gitignore").write_text("warehouse.duckdb*\n.bento/\n")
     git(tmp_path, "init", "-q", "-b", "main")
     git(tmp_path, "config", "user.email", "t@example.com")
@@ -49,7 +51,7 @@ def test_schedule_creates_a_review_branch(repo):
                      "reviews/totals/trial-totals.ipynb"}
     preview = (repo / "reviews" / "totals" / "pipeline.md").read_text()
     assert "flowchart LR" in preview and "raw/orders" in preview and "mart/totals" in preview
-    assert "cron `0 6 * * *` (Europe/London)" in preview
+    assert "cron `0 6 * * *` (`Europe/London`)" in preview
     assert "SUCCESS" in preview and "`mart.totals`: 5 rows" in preview and "double" in preview
     trial = nbformat.read(repo / "reviews" / "totals" / "trial-totals.ipynb", as_version=4)
     assert trial.metadata["dagster_bento"]["rewritten_cells"]
@@ -78,3 +80,56 @@ def test_static_problems_block_the_proposal(repo):
     out = cli(repo, "notebooks/bad.ipynb", "--owner", "a@example.com", "--zone", "ANALYTICS", "--cron", "0 1 * * *")
     assert out.returncode == 1 and "BENTO004" in out.stderr and "cell 0" in out.stderr
     assert git(repo, "branch", "--show-current") == "main"
+
+
+def test_review_commits_no_data_and_sql_cannot_leave_its_block(repo):
+    """Column names built from data values, widget-like metadata the kernel writes and a SQL text that
+    holds a longer backtick run than the fence: none of it reaches the commit as data or markup."""
+    from markdown_it import MarkdownIt
+
+    sql = "SELECT name, n /*\n````\n<img src=x onerror=alert(1)>\n*/ FROM raw.customers"
+    write_notebook(repo / "notebooks" / "wide.ipynb", [
+        sql_cell("customers", sql),
+        code("""
+            import pandas as pd
+            from IPython.display import display
+            display({"application/vnd.jupyter.widget-view+json": {"model_id": "m"}, "text/plain": "w"}, raw=True)
+            print(customers.to_string())
+            wide = pd.DataFrame([{name: n for name, n in zip(customers["name"], customers["n"])}])
+            wide["total"] = wide.sum(axis=1)
+        """),
+        write_cell("wide", "mart.wide")])
+    out = cli(repo, "notebooks/wide.ipynb", "--owner", "alice@example.com", "--zone", "ANALYTICS",
+              "--cron", "0 6 * * *")
+    assert out.returncode == 0, out.stdout + out.stderr
+    committed = git(repo, "show", "HEAD", "--format=", "--", "reviews/")
+    assert "alice_pii" not in committed and "bob_pii" not in committed
+    preview = (repo / "reviews" / "wide" / "pipeline.md").read_text()
+    assert "`mart.wide`: 1 rows" in preview and "`total`" in preview
+    assert "column 0" in preview and "2 column name(s) not shown" in preview
+    tokens = MarkdownIt("commonmark").parse(preview)
+    assert not [t for t in tokens if t.type in ("html_block", "html_inline")]
+    assert not [t for c in tokens if c.children for t in c.children if t.type == "html_inline"]
+    fences = [t for t in tokens if t.type == "fence" and t.info == "sql"]
+    assert [t.content.strip() for t in fences] == [sql]
+    trial = json.loads((repo / "reviews" / "wide" / "trial-wide.ipynb").read_text())
+    assert all(not c.get("outputs") and "attachments" not in c for c in trial["cells"])
+    assert set(trial["metadata"]) <= {"kernelspec", "language_info", "dagster_bento"}
+    for cell in trial["cells"]:
+        assert set(cell["metadata"]) <= {"bento", "dagster_bento", "tags", "jupyter", "collapsed", "scrolled"}
+
+
+def test_a_notebook_with_saved_outputs_or_widget_state_is_not_committed(repo):
+    path = write_notebook(repo / "notebooks" / "saved.ipynb", [
+        sql_cell("orders", "SELECT id FROM raw.orders"), code("orders"), write_cell("orders", "mart.saved")])
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[1].outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "alice_pii_7"},
+                                                  execution_count=1)]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"v": "bob_pii_8"}}}
+    nbformat.write(nb, path)
+    out = cli(repo, "notebooks/saved.ipynb", "--owner", "a@example.com", "--zone", "ANALYTICS", "--cron", "0 1 * * *")
+    assert out.returncode == 1
+    assert "[cell 1]: 1 saved output(s)" in out.stderr and "widget state" in out.stderr
+    assert "--clear-output" in out.stderr
+    assert git(repo, "branch", "--show-current") == "main"
+    assert not (repo / "notebooks" / "saved.bento.yaml").exists()

@@ -41,7 +41,8 @@ from typing import Any
 import nbformat
 from nbformat import NotebookNode
 
-__all__ = ["artifact_path", "sanitize", "save", "write_html", "render_html_in_background", "clean_html"]
+__all__ = ["artifact_path", "sanitize", "save", "write_html", "render_html_in_background", "clean_html",
+           "allowed_cell_metadata", "allowed_notebook_metadata"]
 
 KEPT_MIME = ("text/html", "image/png", "image/jpeg", "text/plain")
 _IMAGE_MIME = {"image/png", "image/jpeg", "image/gif"}
@@ -204,7 +205,7 @@ def _output(output: Any) -> NotebookNode:
     return _note(f"an output of type {str(kind)[:40]!r} was not kept")
 
 
-def _cell_metadata(meta: Any) -> dict[str, Any]:
+def allowed_cell_metadata(meta: Any) -> dict[str, Any]:
     meta = meta if isinstance(meta, Mapping) else {}
     out: dict[str, Any] = {}
     for key in ("bento", "dagster_bento"):
@@ -224,7 +225,7 @@ def _cell_metadata(meta: Any) -> dict[str, Any]:
     return out
 
 
-def _notebook_metadata(meta: Any) -> dict[str, Any]:
+def allowed_notebook_metadata(meta: Any) -> dict[str, Any]:
     meta = meta if isinstance(meta, Mapping) else {}
     out: dict[str, Any] = {}
     for key in ("kernelspec", "language_info"):
@@ -249,7 +250,7 @@ def sanitize(nb: NotebookNode) -> NotebookNode:
             continue
         kind = cell.get("cell_type")
         source = _text(cell.get("source"))
-        meta = _cell_metadata(cell.get("metadata"))
+        meta = allowed_cell_metadata(cell.get("metadata"))
         if kind == "code":
             new = nbformat.v4.new_code_cell(source=source, metadata=meta,
                                             execution_count=_count(cell.get("execution_count")))
@@ -268,7 +269,7 @@ def sanitize(nb: NotebookNode) -> NotebookNode:
         if isinstance(cell_id, str) and re.fullmatch(r"[a-zA-Z0-9\-_]{1,64}", cell_id):
             new["id"] = cell_id
         cells.append(new)
-    clean = nbformat.v4.new_notebook(cells=cells, metadata=_notebook_metadata(nb.get("metadata")))
+    clean = nbformat.v4.new_notebook(cells=cells, metadata=allowed_notebook_metadata(nb.get("metadata")))
     ids = [c["id"] for c in clean.cells]
     if len(set(ids)) != len(ids):  # duplicate ids make the notebook invalid: give every cell a fresh one
         for c in clean.cells:
