@@ -736,11 +736,25 @@ def _read_parquet_shape(request: UploadRequest, notebook: str, table: str, path:
             f"{where} wrote {request.path} for table {table}, but it is not a readable Parquet file: {err}. "
             "Write it with df.to_parquet(path, index=False).",
         ) from err
-    return _data_schema(full), rows
+    return _data_schema(full, request, notebook, table), rows
 
 
-def _data_schema(full: pa.Schema) -> pa.Schema:
-    """The columns to load: pandas index columns dropped, metadata removed."""
+def _data_schema(
+    full: pa.Schema, request: UploadRequest | None = None, notebook: str = "", table: str = ""
+) -> pa.Schema:
+    """The columns to load, metadata removed. A named pandas index is an ordinary column here (its name);
+    an unnamed one is stored as ``__index_level_N__``: dropped when it holds integers (a RangeIndex or the row
+    numbers left by filtering), refused otherwise, because its values would be lost (same rule as the write
+    cells' helper, for files written some other way)."""
+    lost = [f for f in full if _PANDAS_INDEX_COLUMN.fullmatch(f.name) and not pa.types.is_integer(f.type)]
+    if lost and request is not None:
+        raise _output_error(
+            request,
+            notebook,
+            f"{_cell_ref('write', notebook, request.cell)} wrote an output for table {table} whose unnamed index "
+            f"({', '.join(f'{f.name}: {f.type}' for f in lost)}) would be lost. Name the index to keep it as a "
+            "column (df.rename_axis('<name>')), or drop it (df.reset_index(drop=True)). Nothing was written.",
+        )
     return pa.schema([f.remove_metadata() for f in full if not _PANDAS_INDEX_COLUMN.fullmatch(f.name)])
 
 
@@ -761,7 +775,7 @@ def _read_arrow_shape(request: UploadRequest, notebook: str, table: str, path: P
             f"{where} wrote {request.path} for table {table}, but it is not a valid Arrow IPC file: {err}. "
             "Let the write cell write it (data_format: arrow), or write Parquet.",
         ) from err
-    return _data_schema(full), rows
+    return _data_schema(full, request, notebook, table), rows
 
 
 def _check_unique_columns(request: UploadRequest, notebook: str, table: str, schema: pa.Schema) -> None:

@@ -1355,3 +1355,30 @@ def test_four_concurrent_overwriters_leave_one_whole_version(kind: str, request:
     [(lo, hi, n)] = env.execute(f"SELECT min(worker), max(worker), count(*) FROM {t}")
     assert lo == hi and n == sizes[lo]
     assert env.scalar(f"SELECT count(*) FROM bento_meta.landings WHERE table_name = '{t}'") == 8
+
+
+# --------------------------------------------------------------------------------------------------
+# Nothing lost in a write cell: the dataframe's index
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow", "csv"])
+def test_named_index_lands_as_columns_in_every_format(env: Env, fmt: str) -> None:
+    """The write cells' helper turns named index levels into columns; both warehouses load them as such."""
+    from tests.test_rewrite import weekday_counts, write_with_setup_cell
+
+    write_with_setup_cell(weekday_counts(), env.tmp, fmt)
+    path = env.tmp / "outputs" / f"analytics.t.{fmt}"
+    t = env.t(f"per_weekday_{fmt}")
+    [result] = env.wh.upload([UploadRequest(t, path, fmt=fmt)], run_id="r1")  # type: ignore[arg-type]
+    assert [c.name for c in result.columns] == ["weekday", "events", "total"]
+    assert env.execute(f"SELECT weekday, events FROM {t} ORDER BY weekday") == [("Mon", 2), ("Sun", 1), ("Tue", 1)]
+
+
+def test_unnamed_non_integer_index_in_a_file_is_refused(env: Env) -> None:
+    """A file written some other way (pandas ``to_parquet`` keeps an unnamed index as ``__index_level_0__``):
+    integer row numbers are dropped (test_pandas_index_column_is_dropped), anything else would be lost."""
+    path = env.tmp / "labels.parquet"
+    pd.DataFrame({"n": [1, 2]}, index=["Mon", "Tue"]).to_parquet(path)
+    with pytest.raises(DagsterBentoOutputError, match=r"unnamed index \(__index_level_0__: \w*string\).*rename_axis"):
+        env.wh.upload([UploadRequest(env.t("labels"), path, notebook=NB, cell=5)], run_id="r1")
+    assert not env.exists(env.t("labels"))

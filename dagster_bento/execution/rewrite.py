@@ -2,7 +2,9 @@
 
 * each SQL cell becomes one line reading the file the orchestrator fetched into the cell's output
   variable;
-* each write cell becomes one line writing its input dataframe into the run directory;
+* each write cell becomes one line writing its input dataframe into the run directory; the dataframe's
+  index is never dropped silently (see ``_FRAME_HELPER``: named levels become columns, an unnamed integer
+  index is dropped like a RangeIndex, any other unnamed index is refused with the fix);
 * a cell tagged ``injected-parameters`` (papermill's convention) is inserted after the ``parameters``
   cell, or first when there is none, holding the schedule's parameters and ``ds``;
 * every replaced cell keeps its original source in ``cell.metadata["bento"]["original_source"]`` and
@@ -25,6 +27,49 @@ INJECTED_TAG = "injected-parameters"
 SETUP_TAG = "bento-setup"
 REWRITE_VERSION = 1
 Format = Literal["parquet", "arrow", "csv"]
+
+# Every format writes through _bento_table: the index rule lives in one place, the same for Parquet, Arrow
+# IPC and CSV, on every warehouse.
+_FRAME_HELPER = '''\
+def _bento_table(df, path, name):
+    """The dataframe as an Arrow table, its index kept (reset_index semantics) or refused, never dropped:
+    named index levels become columns; an unnamed integer index (a RangeIndex, or the row numbers left by
+    filtering, sorting or head) is dropped; any other unnamed index is refused."""
+    import pyarrow as pa
+    table = path.split("/")[-1].rsplit(".", 1)[0]
+    if isinstance(df, _bento_pd.Series):
+        if df.name is None:
+            raise ValueError(f"{name} is an unnamed pandas Series, written to table {table}; give its values a "
+                             f"column name: {name} = {name}.to_frame('count') (or .rename('count'))")
+        df = df.to_frame()
+    if not isinstance(df, _bento_pd.DataFrame):
+        raise TypeError(f"{name} is a {type(df).__name__}, not a pandas DataFrame; a write cell writes a "
+                        f"DataFrame to table {table}")
+    index = df.index
+    if index.nlevels == 1 and index.name is None and (
+            isinstance(index, _bento_pd.RangeIndex) or _bento_pd.api.types.is_integer_dtype(index.dtype)):
+        return pa.Table.from_pandas(df, preserve_index=False)
+    if any(level is None for level in index.names):
+        sample = ", ".join(map(repr, index[:3].tolist()))
+        names = repr("<name>") if index.nlevels == 1 else repr(["<name>"] * index.nlevels)
+        raise ValueError(
+            f"{name} has an unnamed index ({sample}, ...) that table {table} would lose. Name it to write it as "
+            f"column(s): {name} = {name}.rename_axis({names}) — or drop it: {name} = {name}.reset_index(drop=True)")
+    drop = []
+    for level, level_name in enumerate(index.names):
+        if level_name in df.columns:
+            if not index.get_level_values(level).equals(_bento_pd.Index(df[level_name])):
+                raise ValueError(
+                    f"{name} has both an index level and a column named {level_name!r} with different values; "
+                    f"table {table} can hold only one. Rename one: {name} = {name}.rename_axis(...) — or drop the "
+                    f"index: {name} = {name}.reset_index(drop=True)")
+            drop.append(level_name)
+    if drop:
+        df = df.reset_index(level=drop, drop=True) if len(drop) < index.nlevels else df.reset_index(drop=True)
+    if df.index.nlevels > 1 or df.index.name is not None:
+        df = df.reset_index()
+    return pa.Table.from_pandas(df, preserve_index=False)
+'''
 
 _CSV_HELPERS = '''\
 # CSV with a type sidecar (<file>.schema.json), the same format the orchestrator reads and writes.
@@ -52,8 +97,8 @@ def _bento_read_csv(path):
     return table.to_pandas(types_mapper=_bento_pd.ArrowDtype)
 
 
-def _bento_write_csv(df, path):
-    table = _bento_pa.Table.from_pandas(df, preserve_index=False)
+def _bento_write_csv(df, path, name="df"):
+    table = _bento_table(df, path, name)
     _bento_pacsv.write_csv(table, path)
     with open(path + ".schema.json", "w") as f:
         _bento_json.dump({"format": "dagster-bento.csv-schema/1",
@@ -62,11 +107,11 @@ def _bento_write_csv(df, path):
 
 
 _PARQUET_HELPERS = '''\
-def _bento_write_parquet(df, path):
+def _bento_write_parquet(df, path, name="df"):
     """df.to_parquet, with row groups DuckDB reads in parallel, dictionaries only for strings and no
     compression (a file that lives for one run on local disk)."""
     import pyarrow as pa, pyarrow.parquet as pq
-    table = pa.Table.from_pandas(df)
+    table = _bento_table(df, path, name)
     strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
     pq.write_table(table, path, row_group_size=122_880, use_dictionary=strings or False, compression="none")
 '''
@@ -79,10 +124,10 @@ def _bento_read_arrow(path):
     return pa.ipc.open_file(pa.memory_map(path)).read_all().to_pandas(types_mapper=_bento_pd.ArrowDtype)
 
 
-def _bento_write_arrow(df, path):
+def _bento_write_arrow(df, path, name="df"):
     """The dataframe as an uncompressed Arrow IPC file, the format the orchestrator loads."""
     import pyarrow as pa
-    table = pa.Table.from_pandas(df)
+    table = _bento_table(df, path, name)
     with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=122_880)
 '''
@@ -106,9 +151,7 @@ def _read_line(var: str, path: str, fmt: Format) -> str:
 
 
 def _write_line(var: str, path: str, fmt: Format) -> str:
-    if fmt in ("csv", "arrow"):
-        return f'_bento_write_{fmt}({var}, "{path}")'
-    return f'_bento_write_parquet({var}, "{path}")'
+    return f'_bento_write_{fmt}({var}, "{path}", "{var}")'
 
 
 def _parameters_source(parameters: Mapping[str, Any]) -> str:
@@ -158,7 +201,7 @@ def rewrite_notebook(nb: NotebookNode, *, sql_cells: Sequence[tuple[int, str]],
             cell.outputs = []
             cell.execution_count = None
     setup_src = "import pandas as _bento_pd  # injected by dagster-bento: the SQL/write cells below use it"
-    setup_src += "\n\n" + _HELPERS[fmt]
+    setup_src += "\n\n" + _FRAME_HELPER + "\n\n" + _HELPERS[fmt]
     setup = nbformat.v4.new_code_cell(setup_src, metadata={"tags": [SETUP_TAG]})
     injected = nbformat.v4.new_code_cell(_parameters_source(parameters), metadata={"tags": [INJECTED_TAG]})
     # deterministic ids keep the rewrite idempotent and golden files stable
