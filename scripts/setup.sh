@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v bwrap >/dev/null 2>&1; then
-  echo "setup: installing bubblewrap (the notebook sandbox)"
+if ! command -v bwrap >/dev/null 2>&1 || ! ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2'; then
+  echo "setup: installing bubblewrap and libseccomp (the notebook sandbox and its seccomp filter)"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq bubblewrap >/dev/null
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq bubblewrap libseccomp2 >/dev/null
 fi
 
 PY=${PYTHON:-python3}

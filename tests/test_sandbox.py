@@ -8,6 +8,7 @@ import http.server
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -413,11 +414,22 @@ def test_memory_limit(run_dir: Path) -> None:
 @pytest.mark.kernel
 def test_kernel_that_cannot_start_fails_with_its_output(run_dir: Path) -> None:
     config = SandboxConfig(backend="bwrap", timeout_s=60, memory_limit_mb=20)
+    if sandbox.limit_plan(config).cgroup is None:  # rlimits: refused before anything starts
+        with pytest.raises(DagsterBentoSandboxUnavailableError, match="memory_limit_mb: 20 is too low"):
+            execute_notebook(_nb("print(1)"), run_dir=run_dir, config=config, notebook_label="tiny.ipynb")
+    else:
+        with pytest.raises(DagsterBentoKernelDiedError) as info:
+            execute_notebook(_nb("print(1)"), run_dir=run_dir, config=config, notebook_label="tiny.ipynb")
+        e = info.value
+        assert e.cell is None and "during startup" in str(e) and "memory limit of 20 MB" in str(e)
+    # a kernel that fails for a reason of its own: its stderr is quoted (4 tasks: no room for its threads)
+    tasks = SandboxConfig(backend="bwrap", timeout_s=60, max_processes=4)
+    if sandbox.limit_plan(tasks).cgroup is None and os.geteuid() == 0:
+        return  # RLIMIT_NPROC does not bind uid 0: nothing limits the tasks here (README)
     with pytest.raises(DagsterBentoKernelDiedError) as info:
-        execute_notebook(_nb("print(1)"), run_dir=run_dir, config=config, notebook_label="tiny.ipynb")
-    e = info.value
-    assert e.cell is None and "during startup" in str(e) and "20 MB" in str(e)
-    assert "MemoryError" in str(e)  # the kernel's own stderr is quoted
+        execute_notebook(_nb("print(1)"), run_dir=run_dir, config=tasks, notebook_label="tasks.ipynb")
+    assert info.value.cell is None and "during startup" in str(info.value)
+    assert "Resource temporarily unavailable" in str(info.value)
 
 
 @pytest.mark.kernel
@@ -496,10 +508,15 @@ def test_missing_prlimit_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None
 def test_bwrap_argv_binds_only_what_the_kernel_needs(run_dir: Path) -> None:
     state = run_dir / sandbox.STATE_DIR_NAME
     argv = kernel_argv(BWRAP, run_dir, state)
-    assert argv[0].endswith("/env") and argv[1] == "-i" and argv[2].endswith("bwrap")
+    assert argv[0].endswith("/env") and argv[1] == "-i" and argv[3] == "-c"  # env -i sh -c <launcher> ...
+    bwrap_at = argv.index("--", 4) + 1
+    assert argv[bwrap_at].endswith("bwrap") and argv[bwrap_at - 2] == str(state / "seccomp.bpf")
     args = bwrap_args(BWRAP, run_dir, state)
-    for flag in ("--unshare-all", "--die-with-parent", "--new-session", "--clearenv"):
+    assert argv[bwrap_at + 1 : bwrap_at + 1 + len(args)] == args
+    for flag in ("--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+                 "--clearenv"):
         assert flag in args
+    assert args[args.index("--seccomp") + 1] == "3"
     assert args[args.index("--cap-drop") + 1] == "ALL"
     binds = {(args[i], args[i + 1], args[i + 2]) for i, a in enumerate(args) if a in ("--bind", "--ro-bind")}
     sources = {src for _, src, _ in binds}
@@ -513,11 +530,14 @@ def test_bwrap_argv_binds_only_what_the_kernel_needs(run_dir: Path) -> None:
     }
     assert args.index(str(state)) > args.index(str(run_dir))  # the state bind goes on top
     assert not any(s.startswith("/etc/") and s.endswith(("shadow", "resolv.conf")) for s in sources)
-    assert args[args.index("--tmpfs") + 1] == "/tmp"
-    assert args.index("--tmpfs") < args.index("--bind")  # run_dir (maybe under /tmp) goes on top
-    limit = argv[argv.index("--") + 1 :]
-    assert limit[0].endswith("prlimit") and limit[1] == f"--data={4096 * 1024 * 1024}"
-    assert limit[2] == f"--fsize={51200 * 1024 * 1024}" and limit[3] == "--"
+    tmpfs = [args[i + 1] for i, a in enumerate(args) if a == "--tmpfs"]
+    assert tmpfs == ["/dev/shm", "/tmp"]
+    assert args.index("/tmp", args.index("--tmpfs")) < args.index("--bind")  # run_dir (maybe under /tmp) on top
+    limit = argv[argv.index("--", bwrap_at) + 1 :]
+    plan = sandbox.limit_plan(BWRAP)
+    data = [f"--data={plan.data}"] if plan.data is not None else []  # rlimit mode only
+    assert limit[0].endswith("prlimit")
+    assert limit[1 : 5 + len(data)] == [*data, f"--fsize={51200 * 1024 * 1024}", "--nproc=1024", "--", sys.executable]
     assert argv[-2:] == ["-f", "{connection_file}"]
 
 
@@ -761,23 +781,69 @@ def test_resource_limits_in_argv_and_docker_kwargs(run_dir: Path) -> None:
     state = run_dir / sandbox.STATE_DIR_NAME
     config = SandboxConfig(backend="bwrap", tmp_size_mb=64, max_file_mb=10, memory_limit_mb=None)
     args = bwrap_args(config, run_dir, state)
-    i = args.index("--tmpfs")
-    assert args[i - 2 : i + 2] == ["--size", str(64 * 1024 * 1024), "--tmpfs", "/tmp"]
+    i = args.index("/tmp", args.index("--tmpfs"))
+    assert args[i - 3 : i + 1] == ["--size", str(64 * 1024 * 1024), "--tmpfs", "/tmp"]
+    i = args.index("/dev/shm", args.index("--tmpfs"))
+    assert args[i - 3 : i + 1] == ["--size", str(64 * 1024 * 1024), "--tmpfs", "/dev/shm"]
     argv = kernel_argv(config, run_dir, state)
-    limit = argv[argv.index("--") + 1 :]
-    assert limit[0].endswith("prlimit") and limit[1:3] == [f"--fsize={10 * 1024 * 1024}", "--"]
+    limit = argv[argv.index(sandbox._program("prlimit")) :]
+    assert limit[1:4] == [f"--fsize={10 * 1024 * 1024}", "--nproc=1024", "--"]
 
-    unlimited = SandboxConfig(backend="bwrap", tmp_size_mb=None, max_file_mb=None, memory_limit_mb=None)
+    unlimited = SandboxConfig(backend="bwrap", tmp_size_mb=None, max_file_mb=None, memory_limit_mb=None,
+                              shm_size_mb=None, max_processes=None)
     assert "--size" not in bwrap_args(unlimited, run_dir, state)
     argv = kernel_argv(unlimited, run_dir, state)
     assert not any(a.endswith("prlimit") for a in argv)
-    assert argv[argv.index("--") + 1] == sys.executable
+    assert argv[argv.index("--", argv.index(sandbox._program("bwrap"))) + 1] == sandbox.kernel_python()
 
     docker = SandboxConfig(backend="docker", docker_image="img", tmp_size_mb=64, max_file_mb=10)
     kw = docker_container_kwargs(docker, run_dir, state / "connection.json")
     assert kw["tmpfs"]["/tmp"].endswith(",size=64m")
     assert kw["ulimits"] == [{"Name": "fsize", "Soft": 10 * 1024 * 1024, "Hard": 10 * 1024 * 1024}]
     assert kw["volumes"][str(state)] == {"bind": str(state), "mode": "rw"}  # pinned, as with bwrap
+
+
+def test_every_program_of_the_kernel_command_line_is_an_absolute_resolved_path(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The kernel pool matches kernels by their command line, and bwrap runs its command inside the
+    sandbox: no program may be a bare name or a relative path there."""
+    (tmp_path / "bin").mkdir()
+    for name in ("env", "sh", "bwrap", "prlimit"):  # symlinks on PATH, as a packager may install them
+        (tmp_path / "bin" / name).symlink_to(shutil.which(name))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sandbox, "PRLIMIT_EXECUTABLE", "bin/prlimit")  # relative to the cwd
+    state = run_dir / sandbox.STATE_DIR_NAME
+    argv = kernel_argv(BWRAP, run_dir, state)
+    programs = [argv[0], argv[2]]  # env, sh
+    bwrap_at = argv.index("--", 4) + 1
+    programs.append(argv[bwrap_at])
+    after_bwrap = argv.index("--", bwrap_at) + 1
+    programs += [argv[after_bwrap], argv[argv.index("--", after_bwrap) + 1]]  # prlimit, python
+    assert [os.path.basename(p) for p in programs[:4]] == ["env", "dash" if "dash" in programs[1] else
+                                                           os.path.basename(programs[1]), "bwrap", "prlimit"]
+    for program in programs:
+        assert os.path.isabs(program) and os.path.normpath(program) == program, program
+        assert os.path.realpath(os.path.dirname(program)) == os.path.dirname(program), program
+    for program in programs[:4]:
+        assert os.path.realpath(program) == program  # not the symlinks in tmp_path/bin
+
+
+@pytest.mark.kernel
+def test_interpreter_started_by_a_relative_path_runs_the_sandbox(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`../.venv/bin/python -m pytest` from tests/: sys.executable has a `..` through a directory the
+    sandbox does not have, and bwrap failed with `execvp ...: No such file or directory`."""
+    relative = os.path.join(PROJECT_DIR, "tests", "..", os.path.relpath(sys.executable, PROJECT_DIR))
+    assert os.path.samefile(relative, sys.executable)
+    monkeypatch.setattr(sys, "executable", relative)
+    assert sandbox.kernel_python() == os.path.join(os.path.realpath(os.path.dirname(relative)),
+                                                   os.path.basename(relative))
+    out = execute_notebook(_nb("import sys; print(sys.prefix)"), run_dir=run_dir, config=BWRAP,
+                           notebook_label="rel.ipynb")
+    assert _stdout(out.cells[0]).strip() == sys.prefix
 
 
 def test_missing_prlimit_is_unavailable_for_the_file_size_limit(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,8 +12,13 @@ Backends:
   dropped, a clean environment and a filesystem that contains only the OS libraries, the Python
   installation, the virtualenv (read-only) and the run directory (read-write). See
   the research notes (performance-baselines.md, section E) for why each flag is there.
-  /tmp is a size-limited private tmpfs and the kernel cannot write a file bigger than
-  ``max_file_mb`` (RLIMIT_FSIZE).
+  /tmp and /dev/shm are size-limited private tmpfs mounts and the kernel cannot write a file bigger
+  than ``max_file_mb`` (RLIMIT_FSIZE). Nested user namespaces are refused (``--disable-userns``) and a
+  seccomp filter (`seccomp_filter`) refuses the system calls a notebook has no use for (namespaces,
+  mounts, ptrace, BPF, keyrings, io_uring, module loading, socket families other than Unix and IP).
+  Memory and the number of tasks are limited by a cgroup when the host offers a writable one (the
+  memory limit then counts everything the kernel holds: heap, shared memory, /tmp and /dev/shm),
+  else by rlimits, with /tmp and /dev/shm carved out of the memory limit (see `limit_plan`).
 * ``docker`` (production): the kernel runs in a container with ``network_mode="none"``, a read-only
   root filesystem and the run directory bind-mounted at the same path.
 * ``none``: no sandbox, for local development only; it warns on every run.
@@ -35,6 +40,7 @@ import concurrent.futures
 import contextlib
 import copy
 import dataclasses
+import errno
 import grp
 import inspect
 import json
@@ -42,6 +48,7 @@ import logging
 import os
 import pwd
 import queue
+import shlex
 import shutil
 import signal
 import stat
@@ -78,6 +85,7 @@ _BACKENDS: tuple[str, ...] = ("bwrap", "none", "docker")
 BWRAP_EXECUTABLE = "bwrap"
 PRLIMIT_EXECUTABLE = "prlimit"
 ENV_EXECUTABLE = "env"
+SH_EXECUTABLE = "sh"  # runs the launcher script (cgroup, seccomp descriptor) before bwrap
 _FALLBACK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 KERNEL_NAME = "dagster-bento-sandbox"
@@ -87,10 +95,27 @@ STATE_DIR_NAME = ".bento-kernel"
 # sockaddr_un.sun_path is 108 bytes; zmq appends "-<n>" to the ipc prefix.
 _MAX_IPC_PATH = 100
 
-# Which rlimit enforces memory_limit_mb. RLIMIT_DATA (not RLIMIT_AS) because AS also counts
-# reserved-but-unused address space (glibc arenas, thread stacks, jemalloc), which would make a
-# 600 MB limit fail on kernel start while barely limiting real use.
+# Which rlimit enforces memory_limit_mb where no cgroup can. RLIMIT_DATA (not RLIMIT_AS) because AS
+# also counts reserved-but-unused address space (glibc arenas, thread stacks, jemalloc), which would
+# make a 600 MB limit fail on kernel start while barely limiting real use.
 _MEMORY_RLIMIT_FLAG = "--data"
+# RLIMIT_DATA still counts every thread's 8 MB stack and allocator arenas, and pyarrow waits forever
+# for a thread or an allocation that failed: with less than this for the kernel's own data the kernel
+# hangs on its first read of a Parquet file instead of failing. Such a limit is refused up front.
+MIN_RLIMIT_DATA_MB = 512
+# Under rlimits, /tmp and /dev/shm (tmpfs: memory that RLIMIT_DATA does not count) get at most these
+# shares of memory_limit_mb, and RLIMIT_DATA the rest, so that all three together stay within it.
+_RLIMIT_TMP_SHARE = 4  # /tmp: at most 1/4
+_RLIMIT_SHM_SHARE = 16  # /dev/shm: at most 1/16
+# Where cgroup v1 hierarchies and the v2 hierarchy are mounted.
+_CGROUP_ROOT = "/sys/fs/cgroup"
+# A delegated cgroup v2 directory (memory and pids enabled in its cgroup.subtree_control) under which
+# each kernel gets its own cgroup; set by the operator, e.g. for a systemd service with Delegate=yes.
+CGROUP_PARENT_ENV = "BENTO_CGROUP_PARENT"
+_CGROUP_PREFIX = "bento-"
+# The seccomp filter reaches bwrap on this descriptor (the launcher opens the filter file on it).
+_SECCOMP_FD = 3
+_SECCOMP_FILE = "seccomp.bpf"
 
 # Host OS directories the kernel needs read-only. Usr-merged systems have /bin -> usr/bin etc.;
 # those are recreated as symlinks rather than bound.
@@ -137,7 +162,9 @@ _INTERNAL_LOG = logging.getLogger(__name__ + ".kernel")
 
 # Probes that succeeded in this process, so the ~70 ms probe is paid once, not per run. Only
 # successes are cached: a sandbox that breaks later still fails the run (at kernel start).
-_BWRAP_PROBED_OK: set[tuple[str, str, tuple[str, ...]]] = set()
+_BWRAP_PROBED_OK: set[tuple[Any, ...]] = set()
+
+ResourceLimits = Literal["auto", "cgroup", "rlimit"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,16 +184,29 @@ class SandboxConfig:
     readonly_subdirs: tuple[str, ...] = ()
     tmp_size_mb: int | None = 1024  # size of the kernel's private /tmp (bwrap, docker)
     max_file_mb: int | None = 51200  # largest file the kernel may write (RLIMIT_FSIZE)
+    shm_size_mb: int | None = 64  # size of the kernel's private /dev/shm (bwrap, docker)
+    # tasks (processes and threads) the kernel may have at once: cgroup pids.max (bwrap with a cgroup,
+    # docker's pids_limit), else RLIMIT_NPROC (which does not bind when the orchestrator runs as root)
+    max_processes: int | None = 1024
+    # how the bwrap backend enforces memory_limit_mb and max_processes: "cgroup" (a cgroup per kernel;
+    # refused where the host offers none), "rlimit" (rlimits only), "auto" (a cgroup where the host
+    # offers a writable one, else rlimits)
+    resource_limits: ResourceLimits = "auto"
 
     def __post_init__(self) -> None:
         if self.backend not in _BACKENDS:
             raise ValueError(f"SandboxConfig.backend must be one of {_BACKENDS}, got {self.backend!r}")
         for name in (
-            "timeout_s", "cell_timeout_s", "startup_timeout_s", "memory_limit_mb", "tmp_size_mb", "max_file_mb"
+            "timeout_s", "cell_timeout_s", "startup_timeout_s", "memory_limit_mb", "tmp_size_mb", "max_file_mb",
+            "shm_size_mb", "max_processes",
         ):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"SandboxConfig.{name} must be positive, got {value!r}")
+        if self.resource_limits not in ("auto", "cgroup", "rlimit"):
+            raise ValueError(
+                f"SandboxConfig.resource_limits must be 'auto', 'cgroup' or 'rlimit', got {self.resource_limits!r}"
+            )
         for path in self.extra_ro_binds:
             if not os.path.isabs(path):
                 raise ValueError(f"SandboxConfig.extra_ro_binds must be absolute paths, got {path!r}")
@@ -184,6 +224,7 @@ def check_sandbox_available(config: SandboxConfig) -> None:
     for a kernel that never starts.
     """
     _require_limit_tool(config)
+    _check_limits(config)
     if config.backend == "bwrap":
         _check_bwrap(config)
     elif config.backend == "docker":
@@ -207,7 +248,7 @@ def _require(name: str, what: str, fix: str) -> str:
 def _require_limit_tool(config: SandboxConfig) -> None:
     if config.backend == "docker":
         return
-    needed = [n for n in ("memory_limit_mb", "max_file_mb") if getattr(config, n) is not None]
+    needed = [n for n in ("memory_limit_mb", "max_file_mb", "max_processes") if getattr(config, n) is not None]
     if needed:
         _require(
             PRLIMIT_EXECUTABLE,
@@ -232,8 +273,10 @@ def _check_bwrap(config: SandboxConfig) -> None:
         "Fedora), or use SandboxConfig(backend='docker'). dagster-bento does not run notebooks "
         "unsandboxed unless backend='none' is set explicitly.",
     )
-    env = _require(ENV_EXECUTABLE, "env", "Install coreutils.")
-    cache_key = (bwrap, sys.executable, config.extra_ro_binds, config.tmp_size_mb is not None)
+    _require(ENV_EXECUTABLE, "env", "Install coreutils.")
+    _require(SH_EXECUTABLE, "sh", "Install a POSIX shell (dash or bash).")
+    plan = limit_plan(config)
+    cache_key = (bwrap, kernel_python(), config.extra_ro_binds, plan)
     if cache_key in _BWRAP_PROBED_OK:
         return
     with tempfile.TemporaryDirectory(prefix="bento-probe-") as tmp:
@@ -241,18 +284,32 @@ def _check_bwrap(config: SandboxConfig) -> None:
         state = probe_dir / STATE_DIR_NAME
         state.mkdir()
         _write_identity_files(state)
+        _write_seccomp_filter(config, state)
         for sub in config.readonly_subdirs:
             (probe_dir / sub).mkdir(parents=True, exist_ok=True)
-        argv = [env, "-i", bwrap, *bwrap_args(config, probe_dir, state), "--", sys.executable, "-c", "pass"]
+        # the kernel's own command line (launcher, cgroup, seccomp, limits), with a trivial command
+        argv = kernel_argv(config, probe_dir, state)
+        argv = [*argv[: argv.index("-X", argv.index(kernel_python()))], "-c", "pass"]
+        proc = None
         try:
-            proc = subprocess.run(argv, env={}, capture_output=True, text=True, timeout=30, check=False)
+            proc = subprocess.Popen(argv, env={}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout, stderr = proc.communicate(timeout=30)
         except (OSError, subprocess.TimeoutExpired) as e:
+            if proc is not None:
+                proc.kill()
+                proc.wait()
             raise DagsterBentoSandboxUnavailableError(
                 f"bubblewrap at {bwrap} could not be started: {e}. Fix the installation or use "
                 "SandboxConfig(backend='docker')."
             ) from e
+        finally:
+            if proc is not None:
+                _remove_kernel_cgroups(proc.pid)
     if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip() or f"exit status {proc.returncode}"
+        detail = (stderr or stdout).strip() or f"exit status {proc.returncode}"
+        if plan.cgroup is not None and "cgroup" in detail:
+            detail += (f" (the kernel's cgroup could not be set up: set SandboxConfig.resource_limits='rlimit', "
+                       f"or fix the host's cgroup delegation)")
         hint_list = _namespace_hints(detail)
         if "--size" in detail:
             hint_list.append(
@@ -346,6 +403,371 @@ def _docker_client() -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
+# Resource limits: a cgroup per kernel where the host offers one, else rlimits
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CgroupHost:
+    """Where this process can create a cgroup per kernel.
+
+    ``version`` 1: the memory and pids hierarchies are mounted under ``/sys/fs/cgroup`` and this
+    process's own cgroups in both are writable; each kernel's cgroup is created *inside the launcher*,
+    under the launcher's own cgroups (read from ``/proc/self/cgroup`` at launch), so that the kernel
+    command line does not depend on which process starts the kernel (a run or the kernel pool).
+    ``version`` 2: ``parent`` is a writable cgroup v2 directory with ``memory`` and ``pids`` in its
+    ``cgroup.subtree_control`` (``$BENTO_CGROUP_PARENT``, or this process's own cgroup if it qualifies).
+    """
+
+    version: int
+    parent: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitPlan:
+    """How a bwrap (or none) kernel's limits are enforced on this host, in bytes (None: no limit)."""
+
+    cgroup: CgroupHost | None
+    memory: int | None  # cgroup memory limit (counts heap, shared memory, /tmp and /dev/shm)
+    data: int | None  # RLIMIT_DATA (rlimit mode only)
+    tmp: int | None  # size of /tmp
+    shm: int | None  # size of /dev/shm
+    tasks: int | None  # cgroup pids.max and RLIMIT_NPROC
+    fsize: int | None  # RLIMIT_FSIZE
+
+
+def _own_cgroups() -> dict[str, str]:
+    """controller (``memory``, ``pids``; ``""`` for v2) -> this process's cgroup path."""
+    own: dict[str, str] = {}
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return own
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            for controller in parts[1].split(","):
+                own[controller] = parts[2]
+    return own
+
+
+def _writable_cgroup_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "cgroup.procs")) and os.access(path, os.W_OK)
+
+
+def _v2_parent_ok(path: str) -> bool:
+    try:
+        enabled = Path(path, "cgroup.subtree_control").read_text().split()
+    except OSError:
+        return False
+    return {"memory", "pids"} <= set(enabled) and _writable_cgroup_dir(path)
+
+
+def find_cgroup_host() -> CgroupHost | None:
+    """A cgroup this process may create kernels' cgroups under, or None (then rlimits are used)."""
+    explicit = os.environ.get(CGROUP_PARENT_ENV)
+    if explicit:
+        return CgroupHost(2, os.path.realpath(explicit)) if _v2_parent_ok(explicit) else None
+    own = _own_cgroups()
+    if "memory" in own and "pids" in own:
+        dirs = [f"{_CGROUP_ROOT}/{c}{own[c].rstrip('/')}" for c in ("memory", "pids")]
+        if all(_writable_cgroup_dir(d) for d in dirs):
+            return CgroupHost(1)
+    if "" in own:
+        for mount in (_CGROUP_ROOT, f"{_CGROUP_ROOT}/unified"):
+            candidate = mount + own[""].rstrip("/")
+            if os.path.isfile(f"{mount}/cgroup.controllers") and _v2_parent_ok(candidate):
+                return CgroupHost(2, candidate)
+    return None
+
+
+def limit_plan(config: SandboxConfig, cgroup: CgroupHost | None | Literal["detect"] = "detect") -> LimitPlan:
+    """What enforces ``config``'s memory, task, /tmp, /dev/shm and file-size limits (bwrap and none).
+
+    With a cgroup, the memory limit is the cgroup's: the kernel is OOM-killed when everything it
+    holds (heap, shared memory, files in /tmp and /dev/shm) exceeds it. Without one, RLIMIT_DATA
+    bounds the heap, /tmp and /dev/shm get at most 1/4 and 1/16 of the limit, and RLIMIT_DATA the
+    rest; shared anonymous memory, SysV shared memory and memfd are then refused by the seccomp filter
+    (nothing would count them). The docker backend does not use this (the container is a cgroup).
+    """
+    mib = 1024 * 1024
+    memory_wanted = config.memory_limit_mb is not None or config.max_processes is not None
+    if cgroup == "detect":
+        cgroup = None
+        if config.backend == "bwrap" and config.resource_limits != "rlimit" and memory_wanted:
+            cgroup = find_cgroup_host()
+    tmp = config.tmp_size_mb * mib if config.tmp_size_mb is not None else None
+    shm = config.shm_size_mb * mib if config.shm_size_mb is not None else None
+    fsize = config.max_file_mb * mib if config.max_file_mb is not None else None
+    tasks = config.max_processes
+    if config.memory_limit_mb is None:
+        return LimitPlan(cgroup, None, None, tmp, shm, tasks, fsize)
+    limit = config.memory_limit_mb * mib
+    if cgroup is not None:
+        return LimitPlan(cgroup, limit, None, tmp, shm, tasks, fsize)
+    if config.backend == "bwrap":
+        tmp = min(tmp if tmp is not None else limit, limit // _RLIMIT_TMP_SHARE)
+        shm = min(shm if shm is not None else limit, limit // _RLIMIT_SHM_SHARE)
+        return LimitPlan(None, None, limit - tmp - shm, tmp, shm, tasks, fsize)
+    return LimitPlan(None, None, limit, tmp, shm, tasks, fsize)  # none: no private /tmp or /dev/shm
+
+
+def _min_rlimit_memory_mb(config: SandboxConfig) -> int:
+    """The smallest memory_limit_mb whose RLIMIT_DATA share is at least MIN_RLIMIT_DATA_MB."""
+    mb = MIN_RLIMIT_DATA_MB
+    while True:
+        plan = limit_plan(dataclasses.replace(config, memory_limit_mb=mb), cgroup=None)
+        if plan.data is None or plan.data >= MIN_RLIMIT_DATA_MB * 1024 * 1024:
+            return mb
+        mb += 1
+
+
+def _check_limits(config: SandboxConfig) -> LimitPlan | None:
+    """Refuse limits this host cannot enforce (or that would hang the kernel) before anything starts."""
+    if config.backend == "docker":
+        return None
+    plan = limit_plan(config)
+    if config.resource_limits == "cgroup" and plan.cgroup is None:
+        raise DagsterBentoSandboxUnavailableError(
+            "SandboxConfig.resource_limits='cgroup', but this host offers no writable cgroup for the kernel "
+            f"(cgroup v1 memory and pids hierarchies under {_CGROUP_ROOT} that this process may write, or "
+            f"a delegated cgroup v2 directory named by ${CGROUP_PARENT_ENV}, with memory and pids in its "
+            "cgroup.subtree_control). Delegate one (e.g. systemd `Delegate=yes`), or use resource_limits="
+            "'auto' to fall back to rlimits."
+        )
+    if plan.data is not None and plan.data < MIN_RLIMIT_DATA_MB * 1024 * 1024:
+        floor = _min_rlimit_memory_mb(config)
+        raise DagsterBentoSandboxUnavailableError(
+            f"memory_limit_mb: {config.memory_limit_mb} is too low where it is enforced with rlimits "
+            f"(no cgroup for the kernel, SandboxConfig.resource_limits={config.resource_limits!r}): after /tmp and "
+            f"/dev/shm, the kernel would have less than {MIN_RLIMIT_DATA_MB} MB for its own data, and "
+            "pandas/pyarrow then hang instead of failing. "
+            f"Set memory_limit_mb to at least {floor}, or run where the kernel can get a cgroup "
+            f"(see ${CGROUP_PARENT_ENV})."
+        )
+    return plan
+
+
+def _cgroup_script(plan: LimitPlan) -> str:
+    """Shell lines that put the launcher (then bwrap and the kernel, which it execs) into a new cgroup
+    ``bento-<pid>`` with the plan's memory and task limits. Stops the launch on any failure (set -e)."""
+    assert plan.cgroup is not None
+    lines: list[str] = []
+    writes: list[tuple[str, str, str]] = []  # (dir variable, file, value)
+    if plan.cgroup.version == 1:
+        lines.append(
+            'while IFS=: read -r _ c p; do case ",$c," in *,memory,*) m=$p;; *,pids,*) q=$p;; esac; '
+            "done < /proc/self/cgroup"
+        )
+        dirs = []
+        if plan.memory is not None:
+            lines.append(f'm={_CGROUP_ROOT}/memory"${{m%/}}"/{_CGROUP_PREFIX}$$')
+            dirs.append("m")
+            writes += [("m", "memory.limit_in_bytes", str(plan.memory)),
+                       ("m", "?memory.memsw.limit_in_bytes", str(plan.memory))]  # no swap on top, if counted
+        if plan.tasks is not None:
+            lines.append(f'q={_CGROUP_ROOT}/pids"${{q%/}}"/{_CGROUP_PREFIX}$$')
+            dirs.append("q")
+            writes.append(("q", "pids.max", str(plan.tasks)))
+    else:
+        assert plan.cgroup.parent is not None
+        lines.append(f"d={shlex.quote(plan.cgroup.parent)}/{_CGROUP_PREFIX}$$")
+        dirs = ["d"]
+        if plan.memory is not None:
+            writes += [("d", "memory.max", str(plan.memory)), ("d", "?memory.swap.max", "0"),
+                       ("d", "?memory.oom.group", "1")]
+        if plan.tasks is not None:
+            writes.append(("d", "pids.max", str(plan.tasks)))
+    for var in dirs:  # a leftover of an earlier process with this pid is empty: remove it
+        lines.append(f'rmdir "${var}" 2>/dev/null || :; mkdir "${var}"')
+    for var, name, value in writes:
+        if name.startswith("?"):
+            name = name[1:]
+            lines.append(f'if [ -e "${var}/{name}" ]; then echo {value} > "${var}/{name}"; fi')
+        else:
+            lines.append(f'echo {value} > "${var}/{name}"')
+    for var in dirs:
+        lines.append(f'echo $$ > "${var}/cgroup.procs"')
+    return "\n".join(lines)
+
+
+def _launcher_script(plan: LimitPlan | None, seccomp: bool) -> str:
+    """The ``sh -c`` script that starts a bwrap kernel: join the kernel's cgroup (if any), then exec
+    the command after ``--`` with the seccomp filter file (``$1``) open on the descriptor bwrap reads."""
+    lines = ["set -e", 'f=$1; shift; [ "$1" = -- ]; shift']
+    if plan is not None and plan.cgroup is not None:
+        lines.append(_cgroup_script(plan))
+    lines.append(f'exec "$@" {_SECCOMP_FD}<"$f"' if seccomp else 'exec "$@"')
+    return "\n".join(lines) + "\n"
+
+
+def _cgroup_dirs(host: CgroupHost, pid: int | None = None) -> list[str]:
+    """This process's parents of kernel cgroups (or the cgroups of the kernel launched as ``pid``)."""
+    if host.version == 2:
+        assert host.parent is not None
+        parents = [host.parent]
+    else:
+        own = _own_cgroups()
+        parents = [f"{_CGROUP_ROOT}/{c}{own.get(c, '/').rstrip('/')}" for c in ("memory", "pids")]
+    if pid is None:
+        return parents
+    return [f"{parent}/{_CGROUP_PREFIX}{pid}" for parent in parents]
+
+
+def sweep_kernel_cgroups(min_age_s: float = 60.0) -> None:
+    """Remove the empty cgroups of kernels that ended (``bento-<pid>`` under this process's cgroups).
+
+    rmdir only ever removes an empty cgroup, so a live kernel's cgroup is never touched; young ones are
+    left alone so as not to race a launcher between its mkdir and joining the cgroup."""
+    host = find_cgroup_host()
+    if host is None:
+        return
+    now = time.time()
+    for parent in _cgroup_dirs(host):
+        with contextlib.suppress(OSError), os.scandir(parent) as entries:
+            for entry in entries:
+                if entry.name.startswith(_CGROUP_PREFIX) and entry.is_dir(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        if now - entry.stat(follow_symlinks=False).st_mtime >= min_age_s:
+                            os.rmdir(entry.path)
+
+
+def _remove_kernel_cgroups(pid: int | None) -> None:
+    host = find_cgroup_host() if pid is not None else None
+    if host is not None:
+        for path in _cgroup_dirs(host, pid):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+
+def _oom_killed(pid: int | None) -> bool:
+    """Whether the kernel launched as ``pid`` was killed by its cgroup's memory limit."""
+    host = find_cgroup_host() if pid is not None else None
+    if host is None:
+        return False
+    for path in _cgroup_dirs(host, pid):
+        for name in ("memory.events", "memory.oom_control"):
+            with contextlib.suppress(OSError):
+                for line in Path(path, name).read_text().splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill" and value.strip().isdigit() and int(value) > 0:
+                        return True
+    return False
+
+
+# --------------------------------------------------------------------------------------------------
+# The seccomp filter
+# --------------------------------------------------------------------------------------------------
+
+# Refused with EPERM: system calls a notebook has no use for that open kernel attack surface or reach
+# past the sandbox (most also need capabilities the kernel does not have: this is the second wall).
+_DENIED_SYSCALLS: tuple[str, ...] = (
+    # namespaces and mounts (clone with namespace flags is handled below)
+    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen",
+    "fsconfig", "fsmount", "fspick", "mount_setattr",
+    # other processes' memory and file handles
+    "ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", "pidfd_getfd", "kcmp",
+    "open_by_handle_at", "name_to_handle_at",
+    # the kernel itself
+    "kexec_load", "kexec_file_load", "bpf", "perf_event_open", "init_module", "finit_module",
+    "delete_module", "userfaultfd", "keyctl", "add_key", "request_key", "io_uring_setup",
+    "io_uring_enter", "io_uring_register", "acct", "quotactl", "swapon", "swapoff", "reboot", "syslog",
+    "iopl", "ioperm", "vhangup", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
+    "lookup_dcookie", "uselib", "ustat", "sysfs", "fanotify_init", "nfsservctl", "vm86", "vm86old",
+    "create_module", "get_kernel_syms", "query_module", "_sysctl", "afs_syscall",
+)
+# Refused under rlimits only: memory no rlimit counts (with a cgroup, it is counted like any other).
+_UNCOUNTED_MEMORY_SYSCALLS: tuple[str, ...] = ("memfd_create", "memfd_secret", "shmget")
+_CLONE_NAMESPACE_FLAGS: tuple[int, ...] = (
+    0x00020000,  # CLONE_NEWNS
+    0x02000000,  # CLONE_NEWCGROUP
+    0x04000000,  # CLONE_NEWUTS
+    0x08000000,  # CLONE_NEWIPC
+    0x10000000,  # CLONE_NEWUSER
+    0x20000000,  # CLONE_NEWPID
+    0x40000000,  # CLONE_NEWNET
+    0x00000080,  # CLONE_NEWTIME
+)
+# personality() bits that weaken the process (no ASLR, executable data, address-space quirks).
+_PERSONALITY_FLAGS: tuple[int, ...] = (0x0040000, 0x0400000, 0x0200000, 0x0800000, 0x4000000, 0x0080000)
+# AF_UNIX (the kernel's ipc sockets), AF_INET and AF_INET6 (only a loopback exists), AF_NETLINK (getifaddrs,
+# which ZeroMQ calls; it sees the sandbox's own network namespace)
+_ALLOWED_SOCKET_FAMILIES = (1, 2, 10, 16)
+_MAP_SHARED_ANONYMOUS = 0x01 | 0x20
+
+_SECCOMP_CACHE: dict[bool, bytes] = {}
+
+
+def seccomp_filter(*, count_shared_memory: bool) -> bytes:
+    """The kernel's seccomp filter as classic BPF for ``bwrap --seccomp``, built with libseccomp.
+
+    Everything not listed is allowed (an allow-list would break with every new library); listed calls
+    fail with EPERM (``clone3`` with ENOSYS, so that libc falls back to ``clone``, whose flags the
+    filter can see). ``count_shared_memory`` False (rlimit mode): shared anonymous mappings, SysV
+    shared memory and memfd are refused as well, since no rlimit would count them.
+    """
+    cached = _SECCOMP_CACHE.get(count_shared_memory)
+    if cached is not None:
+        return cached
+    try:
+        import pyseccomp as sc
+    except ImportError as e:  # pragma: no cover - a dependency
+        raise DagsterBentoSandboxUnavailableError(
+            "The seccomp filter needs the `pyseccomp` package and libseccomp (`apt-get install libseccomp2`)."
+        ) from e
+    try:
+        f = sc.SyscallFilter(sc.ALLOW)
+        eperm = sc.ERRNO(errno.EPERM)
+
+        def deny(name: str, *args: Any, action: int = eperm) -> None:
+            try:
+                f.add_rule(action, name, *args)
+            except (OSError, ValueError, RuntimeError):
+                if args:  # a call this architecture has, with an argument rule libseccomp refused
+                    raise
+                # a call this architecture does not have (e.g. vm86 on x86_64): nothing to refuse
+
+        denied = _DENIED_SYSCALLS + (() if count_shared_memory else _UNCOUNTED_MEMORY_SYSCALLS)
+        for name in denied:
+            deny(name)
+        deny("clone3", action=sc.ERRNO(errno.ENOSYS))
+        for flag in _CLONE_NAMESPACE_FLAGS:
+            deny("clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+        for flag in _PERSONALITY_FLAGS:
+            deny("personality", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+        eafnosupport = sc.ERRNO(errno.EAFNOSUPPORT)
+        top = max(_ALLOWED_SOCKET_FAMILIES)
+        for family in range(top):
+            if family not in _ALLOWED_SOCKET_FAMILIES:
+                deny("socket", sc.Arg(0, sc.EQ, family), action=eafnosupport)
+        deny("socket", sc.Arg(0, sc.GT, top), action=eafnosupport)
+        if not count_shared_memory:
+            deny("mmap", sc.Arg(3, sc.MASKED_EQ, _MAP_SHARED_ANONYMOUS, _MAP_SHARED_ANONYMOUS),
+                 action=sc.ERRNO(errno.ENOMEM))
+        with tempfile.TemporaryFile() as out:
+            f.export_bpf(out)
+            out.seek(0)
+            data = out.read()
+    except (OSError, RuntimeError, AttributeError) as e:
+        raise DagsterBentoSandboxUnavailableError(
+            f"Could not build the kernel's seccomp filter with libseccomp: {e}. Install libseccomp "
+            "(`apt-get install libseccomp2`)."
+        ) from e
+    _SECCOMP_CACHE[count_shared_memory] = data
+    return data
+
+
+def _write_seccomp_filter(config: SandboxConfig, state_dir: Path) -> None:
+    if config.backend != "bwrap":
+        return
+    plan = limit_plan(config)
+    data = seccomp_filter(count_shared_memory=plan.cgroup is not None or plan.data is None)
+    fd = os.open(state_dir / _SECCOMP_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
+# --------------------------------------------------------------------------------------------------
 # Kernel command lines (pure functions, unit-tested)
 # --------------------------------------------------------------------------------------------------
 
@@ -433,8 +855,13 @@ def bwrap_args(config: SandboxConfig, run_dir: Path, state_dir: Path) -> list[st
     Order matters: later mounts go on top of earlier ones, and ``--remount-ro /`` comes last so the
     sandbox's root is read-only while run_dir and /tmp stay writable.
     """
+    plan = limit_plan(config)
     args = [
         "--unshare-all",  # net, pid, ipc, uts, cgroup, user (bwrap brings up a private lo)
+        "--unshare-user",  # also when the orchestrator is root (--unshare-all only tries), so that...
+        "--disable-userns",  # ...the kernel cannot create user namespaces of its own
+        "--seccomp",
+        str(_SECCOMP_FD),  # the filter the launcher opened (kernel_argv); applied right before exec
         "--die-with-parent",
         "--new-session",  # no TIOCSTI into the orchestrator's terminal
         "--cap-drop",
@@ -447,9 +874,11 @@ def bwrap_args(config: SandboxConfig, run_dir: Path, state_dir: Path) -> list[st
     ]
     run, state = str(run_dir), str(state_dir)
     args += ["--dev", "/dev", "--proc", "/proc"]
-    if config.tmp_size_mb is not None:
-        args += ["--size", str(config.tmp_size_mb * 1024 * 1024)]  # applies to the next --tmpfs
-    args += ["--tmpfs", "/tmp"]
+    # /dev/shm and /tmp: private tmpfs mounts of bounded size (--size applies to the next --tmpfs)
+    for size, path in ((plan.shm, "/dev/shm"), (plan.tmp, "/tmp")):
+        if size is not None:
+            args += ["--size", str(size)]
+        args += ["--tmpfs", path]
     # The Python installation and the virtualenv go on top of the private /tmp: a checkout (and its
     # .venv) may itself live under /tmp, which the tmpfs would otherwise hide.
     bound: list[str] = []
@@ -471,18 +900,39 @@ def bwrap_args(config: SandboxConfig, run_dir: Path, state_dir: Path) -> list[st
 
 
 def _limit_prefix(config: SandboxConfig) -> list[str]:
-    """``prlimit`` with the memory and file-size rlimits, or nothing if neither is set."""
+    """``prlimit`` with the memory, task and file-size rlimits, or nothing if none is set."""
+    plan = limit_plan(config)
     limits = []
-    if config.memory_limit_mb is not None:
-        limits.append(f"{_MEMORY_RLIMIT_FLAG}={config.memory_limit_mb * 1024 * 1024}")
-    if config.max_file_mb is not None:
+    if plan.data is not None:
+        limits.append(f"{_MEMORY_RLIMIT_FLAG}={plan.data}")
+    if plan.fsize is not None:
         # RLIMIT_FSIZE: a write past the limit fails with EFBIG ("File too large"); Python ignores
         # SIGXFSZ, so the notebook gets an OSError instead of being killed.
-        limits.append(f"--fsize={config.max_file_mb * 1024 * 1024}")
+        limits.append(f"--fsize={plan.fsize}")
+    if plan.tasks is not None:
+        # RLIMIT_NPROC counts the uid's tasks in the sandbox's user namespace; it does not bind uid 0
+        # (the kernel when the orchestrator is root): there the cgroup's pids.max does.
+        limits.append(f"--nproc={plan.tasks}")
     if not limits:
         return []
-    prlimit = os.path.realpath(_which(PRLIMIT_EXECUTABLE) or PRLIMIT_EXECUTABLE)
-    return [prlimit, *limits, "--"]
+    return [_program(PRLIMIT_EXECUTABLE), *limits, "--"]
+
+
+def _program(name: str) -> str:
+    """The absolute, resolved path of a program of the kernel command line (bwrap's execvp runs in
+    the sandbox, where a relative path or a name looked up on PATH could mean something else)."""
+    return os.path.realpath(_which(name) or name)
+
+
+def kernel_python() -> str:
+    """This interpreter as an absolute path without ``..`` that works inside the sandbox.
+
+    Its directory is resolved (``../.venv/bin/python`` started from ``tests/`` names a directory the
+    sandbox does not have) but not the file itself: a virtualenv's ``python`` is a symlink to the base
+    interpreter, and Python finds its virtualenv from the name it was started by.
+    """
+    exe = os.path.abspath(sys.executable)
+    return os.path.join(os.path.realpath(os.path.dirname(exe)), os.path.basename(exe))
 
 
 def kernel_argv(config: SandboxConfig, run_dir: Path, state_dir: Path) -> list[str]:
@@ -492,13 +942,16 @@ def kernel_argv(config: SandboxConfig, run_dir: Path, state_dir: Path) -> list[s
     /proc/1/environ inside the sandbox, or the unsandboxed kernel) has an empty environment, whatever
     environment jupyter_client hands to Popen.
     """
-    env = os.path.realpath(_which(ENV_EXECUTABLE) or "/usr/bin/env")
+    env = _program(ENV_EXECUTABLE)
     # faulthandler: a crash in native code leaves a Python stack in the kernel log (error message).
-    python = [sys.executable, "-X", "faulthandler", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    python = [kernel_python(), "-X", "faulthandler", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     limit = _limit_prefix(config)
     if config.backend == "bwrap":
-        bwrap = os.path.realpath(_which(BWRAP_EXECUTABLE) or BWRAP_EXECUTABLE)
-        return [env, "-i", bwrap, *bwrap_args(config, run_dir, state_dir), "--", *limit, *python]
+        # sh: the launcher script joins the kernel's cgroup and opens the seccomp filter for bwrap
+        launcher = [_program(SH_EXECUTABLE), "-c", _launcher_script(limit_plan(config), seccomp=True),
+                    "bento-launch", str(state_dir / _SECCOMP_FILE), "--"]
+        bwrap = _program(BWRAP_EXECUTABLE)
+        return [env, "-i", *launcher, bwrap, *bwrap_args(config, run_dir, state_dir), "--", *limit, *python]
     if config.backend == "none":
         assignments = [f"{k}={v}" for k, v in _kernel_env(config, run_dir).items()]
         return [env, "-i", *assignments, *limit, *python]
@@ -685,6 +1138,8 @@ def _prepare_state_dir(config: SandboxConfig, run_dir: Path, label: str) -> Path
             notebook=label,
         )
     _write_identity_files(state)
+    _write_seccomp_filter(config, state)
+    sweep_kernel_cgroups()  # of kernels that ended, e.g. in a process that was killed
     argv = (
         kernel_argv(config, run_dir, state)
         if config.backend != "docker"
@@ -939,16 +1394,18 @@ async def _execute(
             try:
                 task.result()
             except CellExecutionError as e:
-                raise _cell_error(e, nb, config, label, progress) from None
+                raise _cell_error(e, nb, config, label, progress, run_dir) from None
             except CellTimeoutError as e:
                 raise _cell_timeout(config, label, progress) from e
             except DeadKernelError as e:
                 exit_status = await _exit_status(km)
-                raise _kernel_died(km, config, label, progress, exit_status, read_log) from e
+                raise _kernel_died(km, config, label, progress, exit_status, read_log,
+                                   oom=_oom_killed(_kernel_pid(km, lease))) from e
             except RuntimeError as e:
                 if progress.kernel_ready:
                     raise
-                raise await _startup_error(e, km, config, label, read_log) from e
+                raise await _startup_error(e, km, config, label, read_log,
+                                           oom=_oom_killed(_kernel_pid(km, lease))) from e
             except OSError as e:
                 if progress.kernel_ready:
                     raise
@@ -956,9 +1413,18 @@ async def _execute(
                     f"{label}: the sandboxed kernel could not be launched: {e}", notebook=label
                 ) from e
         finally:
+            pid = _kernel_pid(km, lease)
             await _shutdown(client, km)
+            _remove_kernel_cgroups(pid)
             if docker_provisioner is not None:
                 await docker_provisioner.remove()
+
+
+def _kernel_pid(km: AsyncKernelManager, lease: Any) -> int | None:
+    """The pid of the kernel's launcher (the name of its cgroup), if this process started it."""
+    process = getattr(lease, "process", None) if lease is not None else getattr(km.provisioner, "process", None)
+    pid = getattr(process, "pid", None)
+    return pid if isinstance(pid, int) else None
 
 
 async def _cancel(task: "asyncio.Future[Any]") -> None:
@@ -1036,7 +1502,8 @@ def _memory_hint(config: SandboxConfig) -> str:
 
 
 def _cell_error(
-    e: CellExecutionError, nb: NotebookNode, config: SandboxConfig, label: str, progress: _Progress
+    e: CellExecutionError, nb: NotebookNode, config: SandboxConfig, label: str, progress: _Progress,
+    run_dir: Path | None = None,
 ) -> DagsterBentoCellError:
     index = progress.cell
     traceback = _error_traceback(nb, index) or str(e.traceback).splitlines()
@@ -1048,15 +1515,47 @@ def _cell_error(
             f". The kernel cannot write a file larger than {config.max_file_mb} MB "
             "(SandboxConfig.max_file_mb): write smaller files or raise the limit."
         )
-    elif "No space left on device" in (e.evalue or "") and config.tmp_size_mb is not None:
-        message += (
-            f". Note that /tmp in the sandbox holds at most {config.tmp_size_mb} MB "
-            "(SandboxConfig.tmp_size_mb): write large files to the working directory or raise the limit."
-        )
+    elif "No space left on device" in (e.evalue or ""):
+        message += "." + _no_space_hint(e.evalue or "", config, run_dir)
     message += "\nFix the cell and re-run; the executed notebook shows the full traceback."
     return DagsterBentoCellError(
         message, ename=e.ename, evalue=e.evalue, traceback=traceback, notebook=label, cell=progress.shown
     )
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Free space of the file system holding ``path`` (the run directory itself, a mount point inside
+    the sandbox that the notebook cannot replace; nothing in it is opened)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _no_space_hint(evalue: str, config: SandboxConfig, run_dir: Path | None) -> str:
+    """Which file system was full: the sandbox's /tmp or /dev/shm (a limit of the run), or the disk of
+    the run directory (an operator's problem: writing elsewhere in the sandbox cannot help)."""
+    named = evalue.rsplit(": ", 1)[-1].strip("'\"") if ": '" in evalue or ': "' in evalue else ""
+    mib = 1024 * 1024
+    plan = limit_plan(config) if config.backend == "bwrap" else None  # the sizes in force (rlimits shrink them)
+    tmp = plan.tmp // mib if plan is not None and plan.tmp is not None else config.tmp_size_mb
+    shm = plan.shm // mib if plan is not None and plan.shm is not None else config.shm_size_mb
+    tmpfs = {"/tmp": ("tmp_size_mb", tmp), "/dev/shm": ("shm_size_mb", shm)}
+    for mount, (field, size) in tmpfs.items():
+        if named == mount or named.startswith(mount + "/"):
+            limit = f"at most {size} MB (SandboxConfig.{field})" if size is not None else "a bounded size"
+            return (f" {mount} in the sandbox holds {limit} and is full: write large files to the working "
+                    f"directory, or raise the limit.")
+    free = _free_bytes(run_dir) if run_dir is not None else None
+    disk_full = free is not None and free < 64 * mib
+    if disk_full or (named and not named.startswith(("/tmp", "/dev/shm"))):
+        return (f" The disk that holds the run directory ({run_dir}) is full ({(free or 0) // mib} MB "
+                "free): this is not a limit of the notebook; free space there or move the run directories "
+                "(bento.yaml `run_root` or $BENTO_RUN_ROOT) to a larger disk.")
+    sizes = ", ".join(f"{m} {s} MB" for m, (_, s) in tmpfs.items() if s is not None)
+    return (f" The sandbox's /tmp or /dev/shm is full ({sizes}; SandboxConfig.tmp_size_mb, shm_size_mb): "
+            "write large files to the working directory, or raise the limit.")
 
 
 def _error_traceback(nb: NotebookNode, index: int | None) -> list[str]:
@@ -1095,12 +1594,18 @@ def _kernel_died(
     progress: _Progress,
     status: int | None,
     read_log: Callable[[], str],
+    oom: bool = False,
 ) -> DagsterBentoKernelDiedError:
     prov = km.provisioner
-    oom = isinstance(prov, _DockerProvisioner) and prov.oom_killed()
+    docker_oom = isinstance(prov, _DockerProvisioner) and prov.oom_killed()
     message = f"{label}: the kernel died during {_where(progress)} ({_describe_exit(status)})."
-    if oom:
+    if docker_oom:
         message += f" The container was killed for exceeding its memory limit of {config.memory_limit_mb} MB."
+    elif oom:
+        message += (
+            f" It was killed for exceeding its memory limit of {config.memory_limit_mb} MB, which counts "
+            "everything the kernel holds: its data, shared memory and the files in /tmp and /dev/shm."
+        )
     else:
         message += " Likely causes: the cell called os._exit() or crashed in native code"
         if config.memory_limit_mb is not None:
@@ -1115,7 +1620,8 @@ def _kernel_died(
 
 
 async def _startup_error(
-    e: RuntimeError, km: AsyncKernelManager, config: SandboxConfig, label: str, read_log: Callable[[], str]
+    e: RuntimeError, km: AsyncKernelManager, config: SandboxConfig, label: str, read_log: Callable[[], str],
+    oom: bool = False,
 ) -> DagsterBentoRunError:
     tail = read_log()
     detail = f"\nKernel output:\n{tail}" if tail else ""
@@ -1126,6 +1632,13 @@ async def _startup_error(
             notebook=label,
         )
     status = await _exit_status(km)
+    if oom:
+        return DagsterBentoKernelDiedError(
+            f"{label}: the {config.backend} kernel was killed during startup ({_describe_exit(status)}) for "
+            f"exceeding its memory limit of {config.memory_limit_mb} MB (SandboxConfig.memory_limit_mb): "
+            f"too small to start the kernel; raise it.{detail}",
+            notebook=label,
+        )
     causes = [
         "ipykernel is missing from the kernel's Python environment",
         "the sandbox hides a file the kernel needs (SandboxConfig.extra_ro_binds)",
