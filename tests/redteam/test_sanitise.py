@@ -227,17 +227,6 @@ def test_spoofed_execution_count_is_repaired_and_the_html_is_written(tmp_path, b
     assert "could not be rendered" not in page and "jp-Cell" in page or "cell" in page
 
 
-def test_background_renderer_writes_a_page_even_for_a_broken_file(tmp_path):
-    import subprocess
-    import sys
-
-    broken = tmp_path / "broken.ipynb"
-    broken.write_text('{"cells": [{"cell_type": "code", "execution_count": "abc"')
-    subprocess.run([sys.executable, "-m", "dagster_bento.execution.artifacts", str(broken)], check=True, timeout=60)
-    page = broken.with_suffix(".html").read_text()
-    assert "could not be rendered" in page or "unreadable" in page
-
-
 def test_the_save_path_sanitises(tmp_path, monkeypatch):
     """Removing the sanitiser call from save() fails this test."""
     nb = new_notebook(cells=[new_markdown_cell('<img src="x" onerror="alert(1)">'), new_code_cell("x")])
@@ -246,20 +235,6 @@ def test_the_save_path_sanitises(tmp_path, monkeypatch):
     kept = artifacts.save(nb, tmp_path / "run.ipynb", html=False)
     assert "onerror" not in kept.read_text() and "alert" not in kept.read_text()
     assert "widgets" not in json.loads(kept.read_text())["metadata"]
-
-
-def test_a_second_save_for_the_same_run_never_overwrites(tmp_path, monkeypatch):
-    target = tmp_path / "sched" / "run-1.ipynb"
-    first = artifacts.save(new_notebook(cells=[new_code_cell("first = 1")]), target, html=False)
-    before = first.read_bytes()
-    # even when the existence check lies (a concurrent retry saving at the same moment)
-    monkeypatch.setattr(Path, "exists", lambda self: False)
-    second = artifacts.save(new_notebook(cells=[new_code_cell("second = 2")]), target, html=False)
-    third = artifacts.save(new_notebook(cells=[new_code_cell("third = 3")]), target, html=False)
-    assert first == target and first.read_bytes() == before
-    assert second.name == "run-1.1.ipynb" and third.name == "run-1.2.ipynb"
-    assert "second = 2" in second.read_text() and "third = 3" in third.read_text()
-    assert sorted(p.name for p in target.parent.iterdir()) == ["run-1.1.ipynb", "run-1.2.ipynb", "run-1.ipynb"]
 
 
 @pytest.mark.kernel
