@@ -150,9 +150,10 @@ def pool_key(config: SandboxConfig) -> str:
 
 # A placeholder for the run directory in the key's copy of the kernel command line (each kernel has its own).
 _RUN_DIR_PLACEHOLDER = "/{bento-run-dir}"
-# Wrappers in a kernel command line that run the command after their options (and a ``--``).
+# Wrappers in a kernel command line that run the command after their options and a ``--`` (a shell runs
+# a launcher script, ``sh -c SCRIPT NAME ARGS -- CMD``, that ends with ``exec "$@"``).
 _WRAPPERS = ("bwrap", "prlimit", "setpriv", "unshare", "systemd-run", "nsenter", "taskset", "nice", "ionice",
-             "timeout", "chroot")
+             "timeout", "chroot", "sh", "dash", "bash")
 
 
 def _argv_template(config: SandboxConfig) -> list[str]:
@@ -164,7 +165,27 @@ def _argv_template(config: SandboxConfig) -> list[str]:
         argv = sandbox.kernel_argv(config, run_dir, run_dir / sandbox.STATE_DIR_NAME)
     except Exception as err:  # noqa: BLE001 - a key that matches no pool: the run starts its own kernel
         return [f"<no command line: {err!r}>"]
-    return ["{python}" if arg == sys.executable else arg for arg in argv]
+    return _template(argv, None)
+
+
+def _python_names() -> set[str]:
+    names = {sys.executable}
+    with contextlib.suppress(Exception):
+        names.add(sandbox.kernel_python())  # type: ignore[attr-defined]
+    return names
+
+
+def _template(argv: Sequence[str], run_dir: Path | None) -> list[str]:
+    """``argv`` with the run directory and the interpreter's name replaced by placeholders."""
+    python = _python_names()
+    out = []
+    for arg in argv:
+        if arg in python:
+            arg = "{python}"
+        elif run_dir is not None:
+            arg = arg.replace(str(run_dir), _RUN_DIR_PLACEHOLDER)
+        out.append(arg)
+    return out
 
 
 def kernel_programs(argv: Sequence[str]) -> list[str]:
@@ -211,13 +232,32 @@ def expected_programs(config: SandboxConfig, argv: Sequence[str] | None = None) 
     its command line, and ``env``, ``bwrap`` and ``prlimit`` as the sandbox finds them on ``PATH`` (whether
     or not this version's command line names them)."""
     argv = _argv_template(config) if argv is None else argv
-    programs = [program_identity(p) for p in kernel_programs(argv)]
-    for tool in ("ENV_EXECUTABLE", "BWRAP_EXECUTABLE", "PRLIMIT_EXECUTABLE"):
+    chain = kernel_programs(argv)
+    programs = [program_identity(p) for p in chain]
+    # and any other executable file the command line names (a program of a wrapper this module does not
+    # know how to read)
+    for arg in argv:
+        if os.path.isabs(arg) and arg not in chain and _is_executable_file(arg):
+            programs.append(["file:", *program_identity(arg)])
+    for tool in ("ENV_EXECUTABLE", "SH_EXECUTABLE", "BWRAP_EXECUTABLE", "PRLIMIT_EXECUTABLE"):
         name = getattr(sandbox, tool, None)
         if name:
             found = sandbox._which(name)
             programs.append([f"{name}:", *(program_identity(found) if found else [None])])
     return programs
+
+
+def _is_executable_file(path: str) -> bool:
+    """A regular file with execute permission that is a program (ELF or ``#!``), not a data file that
+    merely has the bit set (a bind-mounted ``/etc/hosts`` in some containers)."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
+            return False
+        with open(path, "rb") as f:
+            return f.read(4) in (b"\x7fELF",) or f.seek(0) == 0 and f.read(2) == b"#!"
+    except OSError:
+        return False
 
 
 def _argv_problem(argv: Sequence[str]) -> str:
@@ -274,8 +314,9 @@ class KernelPoolServer:
             raise PoolError(f"size must be at least 1, got {size}")
         self.config = config
         self.key = pool_key(config)
-        self.programs = expected_programs(config)
-        problem = _argv_problem(_argv_template(config))
+        self.argv = _argv_template(config)
+        self.programs = expected_programs(config, self.argv)
+        problem = _argv_problem(self.argv)
         if problem:
             raise PoolError(problem)
         self.socket_path = Path(socket_path)
@@ -422,10 +463,13 @@ class KernelPoolServer:
         try:
             state = sandbox._prepare_state_dir(self.config, run_dir, "kernel pool")
             km = sandbox._make_kernel_manager(self.config, run_dir, state)
-            argv = list(km.kernel_spec.argv)
+            argv = _template(km.kernel_spec.argv, run_dir)
             problem = _argv_problem(argv)
             if problem:
                 raise PoolError(problem)
+            if argv != self.argv:
+                raise PoolError("the kernel's command line is not the one this pool's key describes (did PATH or "
+                                "an installed program change?); restart the pool")
             programs = expected_programs(self.config, argv)
             if programs != self.programs:
                 raise PoolError(f"the kernel would run {programs}, not the programs this pool's key names "
