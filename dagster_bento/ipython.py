@@ -167,7 +167,7 @@ class WritePreview:
     partition: tuple[str, str, int | None] | None  # (column, value, rows in that partition now)
     change: str
     label: tuple[str, ...] | None  # purpose-zone label the table would carry
-    dropped_index: tuple[str, ...] = ()
+    index_note: str = ""
     written_to: str | None = None
 
     def text(self) -> str:
@@ -177,9 +177,8 @@ class WritePreview:
         if self.existing_columns is not None:
             lines.append("  table now: " + ", ".join(f"{n} {t}" for n, t in self.existing_columns)
                          + (f" ({self.existing_rows} rows)" if self.existing_rows is not None else ""))
-        if self.dropped_index:
-            lines.append(f"  index: the dataframe's index ({', '.join(self.dropped_index)}) is not loaded; "
-                         "call df.reset_index() to keep it as columns")
+        if self.index_note:
+            lines.append(f"  index: {self.index_note}")
         lines.append(f"  change: {self.change}")
         if self.label is not None:
             lines.append(f"  label: {{{', '.join(self.label)}}}")
@@ -202,6 +201,18 @@ class WritePreview:
 
 class _Refused(Exception):
     pass
+
+
+def _refusal(message: str) -> Exception:
+    """A refused cell raises (so nbclient, papermill and "Run all" stop there, as a run would), with the
+    message only: IPython's UsageError would be printed to stderr and the next cells would still run."""
+    from dagster_bento.errors import DagsterBentoError
+
+    class DagsterBentoInteractiveError(DagsterBentoError):
+        """A bento magic refused the cell: what `dagster-bento check` or a run would refuse."""
+
+    DagsterBentoInteractiveError.__module__ = __name__
+    return DagsterBentoInteractiveError(message)
 
 
 def _make_magics_class() -> type:
@@ -279,10 +290,11 @@ def _make_magics_class() -> type:
         @cell_magic
         def bento_sql(self, line: str, cell: str) -> None:
             """%%bento_sql NAME: run the cell's SQL read-only and bind the result to NAME, as a run would."""
+            __tracebackhide__ = True  # noqa: F841 -- IPython hides this frame
             try:
                 result = _run_sql(self, line, cell)
             except _Refused as err:
-                raise _user_error(str(err)) from None
+                raise _refusal(str(err)) from None
             self.last_sql = result
             print(result.summary())
 
@@ -290,10 +302,11 @@ def _make_magics_class() -> type:
         def bento_write(self, line: str) -> WritePreview:
             """%bento_write DF SCHEMA.TABLE [MODE] [--to-dev-schema]: validate DF as an upload would and
             preview the change; writes nothing (or only to the scratch schema dev_<user>)."""
+            __tracebackhide__ = True  # noqa: F841 -- IPython hides this frame
             try:
                 preview = _preview_write(self, line)
             except _Refused as err:
-                raise _user_error(str(err)) from None
+                raise _refusal(str(err)) from None
             self.last_preview = preview
             return preview
 
@@ -434,15 +447,21 @@ class _Context:
 # %%bento_sql
 
 
-def _readers(fmt: str) -> dict[str, Any]:
-    """The rewritten notebook's own setup cell (imports and helpers), in a private namespace."""
-    import pandas
+def _run_lines(fmt: str, var: str, table: str) -> tuple[dict[str, Any], str, str]:
+    """The rewritten notebook's own setup cell (executed in a private namespace), read line and write line,
+    taken from `rewrite_notebook` itself, so the kernel reads and writes exactly as a run does."""
+    import nbformat
 
-    from dagster_bento.execution import rewrite
+    from dagster_bento.execution.rewrite import SETUP_TAG, rewrite_notebook
 
-    ns: dict[str, Any] = {"_bento_pd": pandas}
-    exec(compile(rewrite._HELPERS[fmt], "<dagster-bento setup>", "exec"), ns)  # noqa: S102 -- our own helpers
-    return ns
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(""), nbformat.v4.new_code_cell("")])
+    out = rewrite_notebook(nb, sql_cells=[(0, var)], write_cells=[(1, var, table)], parameters={},
+                           parameters_cell=None, fmt=fmt)  # type: ignore[arg-type]
+    setup = next(c.source for c in out.cells if SETUP_TAG in c.get("metadata", {}).get("tags", []))
+    rewritten = {c["kind"]: c["source"] for c in out.metadata["dagster_bento"]["rewritten_cells"]}
+    ns: dict[str, Any] = {}
+    exec(compile(setup, "<dagster-bento setup>", "exec"), ns)  # noqa: S102 -- the run's own setup cell
+    return ns, rewritten["sql"], rewritten["write"]
 
 
 def _check_reads(ctx: _Context, warehouse: Any, tables: Sequence[str], index: int | None) -> dict[str, frozenset[str]]:
@@ -472,7 +491,6 @@ def _check_reads(ctx: _Context, warehouse: Any, tables: Sequence[str], index: in
 
 
 def _run_sql(magics: Any, line: str, body: str) -> SqlCellResult:
-    from dagster_bento.execution.rewrite import _read_line, input_path
     from dagster_bento.warehouse import warehouse_from_url
 
     ctx = magics.context()
@@ -484,12 +502,13 @@ def _run_sql(magics: Any, line: str, body: str) -> SqlCellResult:
     cell = job.sql_cells[0]
     with warehouse_from_url(ctx.url) as warehouse:
         labels = _check_reads(ctx, warehouse, cell.tables, index)
+        ns, read_line, _write = _run_lines(ctx.fmt, cell.output, "x.x")
         with tempfile.TemporaryDirectory(prefix="bento-sql-") as tmp:
-            path = Path(tmp) / input_path(cell.output, ctx.fmt)  # type: ignore[arg-type]
+            # the read line's path is relative to the run directory: fetch into the same place under tmp
+            path = Path(tmp) / _quoted_path(read_line)
             path.parent.mkdir(parents=True)
             fetched = warehouse.fetch(cell.sql, path, fmt=ctx.fmt, notebook=ctx.display, cell=index)  # type: ignore[arg-type]
-            ns = _readers(ctx.fmt)
-            exec(compile(_read_line(cell.output, str(path), ctx.fmt), "<dagster-bento read>", "exec"), ns)  # type: ignore[arg-type]  # noqa: S102
+            _in_dir(Path(tmp), read_line, ns)
     magics.read_labels.update(labels)
     magics.shell.user_ns[cell.output] = ns[cell.output]
     return SqlCellResult(cell.output, cell.sql, tuple(cell.tables), fetched.rows,
@@ -498,6 +517,24 @@ def _run_sql(magics: Any, line: str, body: str) -> SqlCellResult:
 
 # ---------------------------------------------------------------------------------------------
 # %bento_write
+
+
+def _quoted_path(line: str) -> str:
+    match = re.search(r'"([^"]+)"', line)
+    if match is None:  # the rewrite's lines always name their file in double quotes
+        raise _Refused(f"cannot find the data file in the run's line {line!r}; report this as a bug")
+    return match.group(1)
+
+
+def _in_dir(directory: Path, line: str, ns: dict[str, Any]) -> None:
+    """Run one of the rewrite's lines with ``directory`` as the working directory (its paths are relative
+    to the run directory), then come back."""
+    cwd = os.getcwd()
+    os.chdir(directory)
+    try:
+        exec(compile(line, "<dagster-bento>", "exec"), ns)  # noqa: S102 -- a line built by rewrite_notebook
+    finally:
+        os.chdir(cwd)
 
 
 def _dev_user() -> str:
@@ -560,10 +597,7 @@ def _describe_change(mode: str, columns: Sequence[tuple[str, str]], existing: An
 
 
 def _preview_write(magics: Any, line: str) -> WritePreview:
-    import pandas as pd
-
     from dagster_bento import zones
-    from dagster_bento.execution.rewrite import _write_line, output_path
     from dagster_bento.project import RESERVED_SCHEMAS, load_project
     from dagster_bento.warehouse import (
         UploadRequest,
@@ -587,26 +621,17 @@ def _preview_write(magics: Any, line: str) -> WritePreview:
     if cell.input not in user_ns:
         raise _Refused(f"write cell input {cell.input!r} is not defined in this kernel; run the cells that produce it")
     df = user_ns[cell.input]
-    if not isinstance(df, pd.DataFrame):
-        raise _Refused(f"write cell input {cell.input!r} is a {type(df).__name__}, not a pandas DataFrame; a run "
-                       "writes DataFrames only")
-    dropped = _dropped_index(df)
     with tempfile.TemporaryDirectory(prefix="bento-write-") as tmp, warehouse_from_url(ctx.url) as warehouse:
         run_dir = Path(tmp)
-        (run_dir / "outputs").mkdir()
-        ns = _readers(ctx.fmt)
+        ns, _read, write_line = _run_lines(ctx.fmt, cell.input, cell.table)
         ns[cell.input] = df
-        cwd = os.getcwd()
+        path = run_dir / _quoted_path(write_line)
+        path.parent.mkdir(parents=True)
         try:
-            os.chdir(run_dir)  # the write line's path is relative to the run directory, as in a run
-            exec(compile(_write_line(cell.input, output_path(cell.table, ctx.fmt), ctx.fmt),  # type: ignore[arg-type]
-                         "<dagster-bento write>", "exec"), ns)  # noqa: S102
+            _in_dir(run_dir, write_line, ns)
         except Exception as err:
-            raise _Refused(f"write cell for {cell.table}: the dataframe {cell.input!r} cannot be written as a run "
-                           f"writes it ({type(err).__name__}: {err}); fix its column types") from err
-        finally:
-            os.chdir(cwd)
-        path = run_dir / output_path(cell.table, ctx.fmt)  # type: ignore[arg-type]
+            raise _Refused(f"write cell for {cell.table}: {cell.input!r} cannot be written as a run writes it "
+                           f"({type(err).__name__}: {err})") from err
         request = UploadRequest(table=cell.table, path=path, mode=cell.mode, partition_column=cell.partition_column,
                                 partition_value=ds if cell.mode == "overwrite_partition" else None,
                                 notebook=ctx.display, cell=index, fmt=ctx.fmt)  # type: ignore[arg-type]
@@ -617,6 +642,7 @@ def _preview_write(magics: Any, line: str) -> WritePreview:
         _check_columns(prepared, existing, case_insensitive=warehouse.kind == "duckdb")
         label = _write_label(ctx, warehouse, cell, magics.read_labels, index, existing is not None)
         columns = tuple((f.name, str(f.type)) for f in prepared.schema)
+        dropped = _index_note(df, [n for n, _t in columns])
         existing_rows = _count(warehouse, cell.table) if existing is not None else None
         partition = None
         if cell.mode == "overwrite_partition":
@@ -655,13 +681,19 @@ def _preview_write(magics: Any, line: str) -> WritePreview:
                         dropped, written_to)
 
 
-def _dropped_index(df: Any) -> tuple[str, ...]:
-    """Index levels an upload does not load (an unnamed non-range index is stored as __index_level_N__)."""
+def _index_note(df: Any, columns: Sequence[str]) -> str:
+    """What the run's writer did with the dataframe's index (it keeps, drops or refuses it; see rewrite)."""
     import pandas as pd
 
-    if isinstance(df.index, pd.RangeIndex):
-        return ()
-    return tuple(f"level {i}" for i, name in enumerate(df.index.names) if name is None)
+    if isinstance(df, pd.DataFrame) and df.index.equals(pd.RangeIndex(len(df))):
+        return ""
+    frame_columns = set(map(str, getattr(df, "columns", ())))
+    kept = [c for c in columns if c not in frame_columns]
+    if kept:
+        return f"the index is written as column(s) {', '.join(kept)}"
+    if isinstance(df, pd.DataFrame):
+        return "the unnamed integer index is not written (row numbers); name it to keep it as a column"
+    return ""
 
 
 def _write_label(ctx: _Context, warehouse: Any, cell: Any, read_labels: Mapping[str, frozenset[str]],
