@@ -59,7 +59,7 @@ _TAG = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _CELL_META_FLAGS = ("collapsed", "scrolled", "editable", "deletable")
 _STRING_META = ("name", "display_name", "language", "version", "file_extension", "mimetype", "pygments_lexer",
                 "nbconvert_exporter")
-_MD_BREAKOUT_GUARD = "tex2jax_ignore"  # MathJax's ignore class (v2 ignoreClass, v3 ignoreHtmlClass)
+_NO_MATH_CLASS = "tex2jax_ignore"  # MathJax's ignore class (v2 ignoreClass, v3 ignoreHtmlClass)
 
 
 def artifact_path(artifacts_dir: Path, schedule: str, run_id: str) -> Path:
@@ -95,7 +95,7 @@ def clean_html(html: str) -> str:
 
     cleaned = nh3.clean(html, tags=_TABLE_TAGS, attributes=_TABLE_ATTRS, clean_content_tags={"script", "style"},
                         strip_comments=True, url_schemes=set(), link_rel=None)
-    return f'<div class="{_MD_BREAKOUT_GUARD}">{cleaned}</div>'
+    return f'<div class="{_NO_MATH_CLASS}">{cleaned}</div>'
 
 
 def _markdown_html(source: str, attachments: Mapping[str, Any]) -> str:
@@ -117,7 +117,7 @@ def _markdown_html(source: str, attachments: Mapping[str, Any]) -> str:
                         clean_content_tags={"script", "style"}, strip_comments=True,
                         url_schemes=_URL_SCHEMES | {"data", "attachment"}, link_rel="noopener noreferrer nofollow")
     # one line: a markdown parser then sees a single raw HTML block and never re-reads text in it as markdown
-    return f'<div class="{_MD_BREAKOUT_GUARD}">' + cleaned.replace("\r", "").replace("\n", "&#10;") + "</div>"
+    return f'<div class="{_NO_MATH_CLASS}">' + cleaned.replace("\r", "").replace("\n", "&#10;") + "</div>"
 
 
 def _attachment_uri(bundle: Any) -> str | None:
@@ -262,7 +262,7 @@ def sanitize(nb: NotebookNode) -> NotebookNode:
         else:  # raw (or unknown): its text, shown as text
             meta.setdefault("dagster_bento", {})["kept_as_text"] = str(kind)[:40]
             new = nbformat.v4.new_markdown_cell(
-                source=f'<div class="{_MD_BREAKOUT_GUARD}"><pre>'
+                source=f'<div class="{_NO_MATH_CLASS}"><pre>'
                        + html_lib.escape(source).replace("\r", "").replace("\n", "&#10;") + "</pre></div>",
                 metadata=meta)
         cell_id = cell.get("id")
