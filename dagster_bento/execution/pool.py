@@ -395,11 +395,8 @@ class KernelPoolServer:
             for kernel in self.ready:
                 await self._discard(kernel)
             self.ready.clear()
-            # connections that hold no kernel (a status request, a refused or idle client, a run that
-            # already released its kernel) are closed now; only runs holding a kernel are waited for
-            for task in list(self._tasks):
-                if task not in self._holding:
-                    task.cancel()
+            # only runs holding a kernel are waited for; connections that hold none (a status request, a
+            # refused or idle client, a run that already released its kernel) are closed below
             if self._holding:
                 self.log.info(f"kernel pool stopping: waiting for {len(self._holding)} run(s) holding a kernel "
                               "(stop again to kill their kernels)")
