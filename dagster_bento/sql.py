@@ -674,3 +674,29 @@ def postgres_tables_read(cursor: Any, sql: str) -> set[str]:
         elif isinstance(node, list):
             stack.extend(node)
     return found
+
+
+def duckdb_tables_read(con: Any, sql: str) -> set[str]:
+    """The base tables DuckDB's planner scans for ``sql`` (views expanded), as canonical names.
+
+    Runs ``EXPLAIN (FORMAT JSON)`` (plans, never executes) on ``con``, the fetch connection. A scan whose table
+    name cannot be read unambiguously (a dot inside a part) raises :class:`SqlAnalysisError`.
+    """
+    rows = con.execute("EXPLAIN (FORMAT JSON) " + sql).fetchall()
+    found: set[str] = set()
+    for _kind, text in rows:
+        stack: list[Any] = [json.loads(text)]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                table = (node.get("extra_info") or {}).get("Table") if isinstance(node.get("extra_info"), dict) else None
+                if isinstance(table, str) and table:
+                    parts = table.split(".")
+                    if len(parts) != 3 or '"' in table:
+                        raise SqlAnalysisError(f"DuckDB's plan scans {table!r}, a name the check cannot read; "
+                                               "rename the table (no dots or quotes in its name)")
+                    found.add(_tables.join([parts[1].lower(), parts[2].lower()]))
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
+    return found
