@@ -55,6 +55,7 @@ from typing import Any
 
 __all__ = [
     "BentoMagics",
+    "strip_session_magics",
     "SqlCellResult",
     "WritePreview",
     "find_project_dir",
@@ -65,6 +66,27 @@ __all__ = [
 SESSION_NAMES = ("__vsc_ipynb_file__", "__session__")
 DEV_SCHEMA_PREFIX = "dev_"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# Lines that only configure this extension in an interactive session. A scheduled run has no use for
+# them (and its sandbox cannot import dagster_bento): `strip_session_magics` comments them out.
+_SESSION_MAGIC = re.compile(
+    r"^\s*%(?:(?:re)?load_ext\s+dagster_bento(?:\.ipython)?|unload_ext\s+dagster_bento(?:\.ipython)?"
+    r"|bento_zone\b|bento_notebook\b|bento_status\b)[^\n]*$")
+
+
+def strip_session_magics(source: str) -> str:
+    """The cell's source with this extension's session lines (``%load_ext dagster_bento``, ``%bento_zone Z``,
+    ``%bento_notebook P``, ``%bento_status``) replaced by ``pass`` with the line as a comment, for the rewrite of a scheduled run. Other lines
+    are left as they are; a cell without such lines is returned unchanged."""
+    lines = source.split("\n")
+    out = []
+    for line in lines:
+        if _SESSION_MAGIC.match(line):  # `pass` keeps an enclosing block valid
+            indent = line[: len(line) - len(line.lstrip())]
+            line = f"{indent}pass  # {line.strip()}  (interactive only: dagster-bento)"
+        out.append(line)
+    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -369,3 +369,27 @@ def test_kernel_gives_the_scheduled_runs_dataframes_postgres(tmp_path, monkeypat
 
 
 
+
+
+def test_strip_session_magics_for_the_scheduled_rewrite():
+    from dagster_bento.ipython import strip_session_magics
+
+    src = "%load_ext dagster_bento\nx = 1\nif x:\n    %bento_zone ANALYTICS\n%load_ext other\n%bento_zoned"
+    out = strip_session_magics(src)
+    assert out.splitlines() == [
+        "pass  # %load_ext dagster_bento  (interactive only: dagster-bento)", "x = 1", "if x:",
+        "    pass  # %bento_zone ANALYTICS  (interactive only: dagster-bento)", "%load_ext other", "%bento_zoned"]
+    compile(out.replace("%load_ext other\n%bento_zoned", ""), "cell", "exec")
+    assert strip_session_magics("%reload_ext dagster_bento.ipython").startswith("pass  #")
+    assert strip_session_magics("y = 2") == "y = 2"
+
+
+@pytest.mark.kernel
+@pytest.mark.xfail(strict=True, reason="the rewrite does not yet neutralise `%load_ext dagster_bento` "
+                                       "(rewrite.py must call ipython.strip_session_magics); see the report")
+def test_a_notebook_loading_the_extension_runs_on_schedule(tmp_path, clean_run_dirs):
+    url = seed_duckdb(tmp_path / "wh.duckdb")
+    write_policy(tmp_path, {"raw.types": ["ANALYTICS"]})
+    add_notebook(tmp_path, "ext", [code("%load_ext dagster_bento"), sql_cell("df", "SELECT * FROM raw.types"),
+                                   write_cell("df", "mart.ext")])
+    assert run(tmp_path, url, raise_on_error=False).success
