@@ -39,7 +39,9 @@ def _post(port: int, query: str) -> dict:
 @pytest.fixture(scope="module")
 def webserver(tmp_path_factory):
     home = tmp_path_factory.mktemp("dagster_home")
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # Runs launched over GraphQL start at once (no daemon needed to dequeue them).
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nrun_coordinator:\n"
+                                       "  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n")
     port = _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     exe = Path(sys.executable).with_name("dagster-webserver")
