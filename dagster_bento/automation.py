@@ -21,7 +21,9 @@ from typing import Any
 
 import dagster as dg
 
+from dagster_bento.errors import DagsterBentoError
 from dagster_bento.project import BentoProject
+from dagster_bento.redact import redact_text, redact_url
 from dagster_bento.spec import BentoJob
 from dagster_bento.translator import META
 
@@ -123,11 +125,14 @@ def landing_sensor(*, warehouse_url: str, external_keys: Mapping[str, dg.AssetKe
         from dagster_bento.warehouse import warehouse_from_url
 
         seen = landing_cursor(context.cursor)
-        warehouse = warehouse_from_url(warehouse_url)
         try:
-            landed = warehouse.last_modified(tables)
-        finally:
-            warehouse.close()
+            warehouse = warehouse_from_url(warehouse_url)
+            try:
+                landed = warehouse.last_modified(tables)
+            finally:
+                warehouse.close()
+        except Exception as err:  # noqa: BLE001 -- the driver's message may quote the URL
+            raise DagsterBentoError(f"bento_landings could not read the warehouse: {redact_text(str(err))}") from None
         events = []
         for table in tables:
             when = landed.get(table)
@@ -194,7 +199,7 @@ class BentoNotifier(dg.ConfigurableResource):
             done.append(f"mailed {', '.join(emails)}")
         if self.webhook_url:
             self._post({"text": f"{subject}\n{body}", "subject": subject, "owners": sorted(to)})
-            done.append(f"posted to {self.webhook_url}")
+            done.append(f"posted to {redact_url(self.webhook_url, secret_path=True)}")
         if not done and log is not None:
             log.warning(f"no notification channel configured (bento.yaml: notifications); not sent: {subject}")
         return done
@@ -275,5 +280,5 @@ def notify_owners_on_failure(context: dg.RunFailureSensorContext, bento_notifier
     owners, subject, body = failure_notice(context)
     if bento_notifier.webserver_url:
         body += f"\n{bento_notifier.webserver_url.rstrip('/')}/runs/{run.run_id}"
-    done = bento_notifier.send(to=owners, subject=subject, body=body, log=context.log)
+    done = bento_notifier.send(to=owners, subject=redact_text(subject), body=redact_text(body), log=context.log)
     context.log.info(f"failure of run {run.run_id}: {'; '.join(done) or 'not sent'}")

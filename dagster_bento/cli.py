@@ -14,6 +14,7 @@ from typing import Any
 
 from dagster_bento.notebook import ComputedDefault, parse_notebook
 from dagster_bento.project import load_project, project_settings, resolve_job
+from dagster_bento.redact import redact_text
 from dagster_bento.spec import ScheduleEntry, load_schedule_spec, spec_path_for
 
 
@@ -222,7 +223,7 @@ def cmd_kernel_pool(args: argparse.Namespace) -> int:
         print(f"kernel pool for {project_dir}: {socket_path} (pid {os.getpid()}; Ctrl-C stops it)", flush=True)
         server.serve_forever()
     except (PoolError, OSError) as err:
-        print(f"kernel pool: {err}", file=sys.stderr)
+        print(f"kernel pool: {redact_text(str(err))}", file=sys.stderr)
         return 1
     return 0
 
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         from dagster_bento.errors import DagsterBentoError
 
         if isinstance(err, DagsterBentoError):
-            print(str(err), file=sys.stderr)
+            print(redact_text(str(err)), file=sys.stderr)
             return 1
         raise
 
