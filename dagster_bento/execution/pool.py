@@ -18,7 +18,17 @@ alive, to signal it, for the end of its log, and finally to release it. If the r
 the connection drops and the pool kills the kernel and deletes its directory all the same.
 
 Trust: the socket lives in a directory that must belong to the current user with mode 0700 (checked
-on both sides), so another local user can neither serve kernels to our runs nor lease ours.
+on both sides), so another local user can neither serve kernels to our runs nor lease ours. "Matches
+exactly" includes the kernel's command line and the identity (real path, inode, size, modification
+time) of every program it runs, resolved in each process with its own ``PATH``: a pool started with
+another ``PATH`` (another ``bwrap``, ``env``, ``prlimit`` or shell) lends nothing to the runs, and the run
+checks the programs of the kernel it is lent again itself.
+
+Kernel directories are `workdirs` directories: the pool holds each one's owner lock for the kernel's life
+and the run that leases it holds it too, so a pool that crashes leaves directories that the next pool
+start, run or ``dagster-bento sweep`` deletes, but never one a live run still uses. A first stop waits
+only for runs holding a kernel; a run sends nothing after ``release`` (anything it sends ends the
+connection).
 Protocol: one JSON object per line in each direction.
 """
 
@@ -255,7 +265,8 @@ def _is_executable_file(path: str) -> bool:
         if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
             return False
         with open(path, "rb") as f:
-            return f.read(4) in (b"\x7fELF",) or f.seek(0) == 0 and f.read(2) == b"#!"
+            head = f.read(4)
+        return head == b"\x7fELF" or head[:2] == b"#!"
     except OSError:
         return False
 
