@@ -801,6 +801,10 @@ def test_resource_limits_in_argv_and_docker_kwargs(run_dir: Path) -> None:
     assert kw["tmpfs"]["/tmp"].endswith(",size=64m")
     assert kw["ulimits"] == [{"Name": "fsize", "Soft": 10 * 1024 * 1024, "Hard": 10 * 1024 * 1024}]
     assert kw["volumes"][str(state)] == {"bind": str(state), "mode": "rw"}  # pinned, as with bwrap
+    assert kw["pids_limit"] == 1024 and kw["shm_size"] == "64m"  # the container's cgroups count both
+    bounded = docker_container_kwargs(SandboxConfig(backend="docker", docker_image="img", max_processes=64,
+                                                    shm_size_mb=8), run_dir, state / "connection.json")
+    assert bounded["pids_limit"] == 64 and bounded["shm_size"] == "8m"
 
 
 def test_every_program_of_the_kernel_command_line_is_an_absolute_resolved_path(

@@ -991,7 +991,6 @@ def docker_container_kwargs(config: SandboxConfig, run_dir: Path, connection_fil
         "user": f"{os.getuid()}:{os.getgid()}",
         "environment": {"HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1", "MPLBACKEND": "agg"},
         "init": True,
-        "pids_limit": 1024,
         "labels": {"dagster-bento.role": "kernel"},
     }
     state = str(connection_file.parent)
@@ -1003,6 +1002,10 @@ def docker_container_kwargs(config: SandboxConfig, run_dir: Path, connection_fil
     if config.max_file_mb is not None:
         fsize = config.max_file_mb * 1024 * 1024
         kwargs["ulimits"] = [{"Name": "fsize", "Soft": fsize, "Hard": fsize}]
+    if config.max_processes is not None:
+        kwargs["pids_limit"] = config.max_processes  # the container's pids cgroup
+    if config.shm_size_mb is not None:
+        kwargs["shm_size"] = f"{config.shm_size_mb}m"  # counted by the container's memory cgroup as well
     if config.memory_limit_mb is not None:
         kwargs["mem_limit"] = f"{config.memory_limit_mb}m"
         kwargs["memswap_limit"] = f"{config.memory_limit_mb}m"  # no swap on top
