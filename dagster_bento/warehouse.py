@@ -185,9 +185,13 @@ class Warehouse(abc.ABC):
 
     @abc.abstractmethod
     def fetch(
-        self, sql: str, path: Path, *, fmt: FileFormat = "parquet", notebook: str = "", cell: int | None = None
+        self, sql: str, path: Path, *, fmt: FileFormat = "parquet", notebook: str = "", cell: int | None = None,
+        deadline: float | None = None, cancel: threading.Event | None = None,
     ) -> FetchResult:
-        """Run one query and write its result to ``path``; raise DagsterBentoFetchError on failure."""
+        """Run one query and write its result to ``path``; raise DagsterBentoFetchError on failure.
+
+        ``deadline`` (a ``time.monotonic()`` value) and ``cancel``: stop the query when the deadline passes or
+        the event is set (the run's time limit, a failed run), releasing its locks, and raise."""
 
     @abc.abstractmethod
     def table_columns(self, table: str) -> tuple[ColumnInfo, ...] | None:
@@ -951,10 +955,91 @@ def _upload_error(
     )
 
 
+class _FetchStopped(RuntimeError):
+    """The run's time limit ran out, or the run stopped, while its query was running (see _Watchdog)."""
+
+
+class _Watchdog:
+    """Stops a running fetch at ``deadline`` (``time.monotonic()``) or as soon as ``cancel`` is set.
+
+    The query itself is interrupted from a watcher thread (DuckDB ``interrupt()``, PostgreSQL's cancel
+    request); the batches still being written are checked too. Once stopped, the fetch raises, its
+    connection closes and its locks (the DuckDB file's shared lock, PostgreSQL's table locks) are released,
+    so other runs' uploads are not held behind a query whose run has already failed."""
+
+    def __init__(self, deadline: float | None, cancel: threading.Event | None):
+        self.deadline = deadline
+        self.cancel = cancel
+        self.fired: str | None = None
+
+    def remaining(self, default: float) -> float:
+        if self.deadline is None:
+            return default
+        return max(0.0, min(default, self.deadline - time.monotonic()))
+
+    def _due(self) -> str | None:
+        if self.cancel is not None and self.cancel.is_set():
+            return "the run was stopped"
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "the run's time limit ran out"
+        return None
+
+    def check(self) -> None:
+        self.fired = self.fired or self._due()
+        if self.fired:
+            raise _FetchStopped(self.fired)
+
+    @contextlib.contextmanager
+    def guard(self, interrupt: Callable[[], Any]) -> Iterator[None]:
+        """Call ``interrupt`` (once) from another thread when the fetch is due to stop, until the block ends."""
+        if self.deadline is None and self.cancel is None:
+            yield
+            return
+        self.check()
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.05):
+                reason = self._due()
+                if reason:
+                    self.fired = reason
+                    with contextlib.suppress(Exception):
+                        interrupt()
+                    return
+
+        watcher = threading.Thread(target=watch, name="bento-fetch-watchdog", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            watcher.join()
+
+    def batches(self, reader: pa.RecordBatchReader) -> pa.RecordBatchReader:
+        def checked() -> Iterator[pa.RecordBatch]:
+            for batch in reader:
+                self.check()
+                yield batch
+
+        if self.deadline is None and self.cancel is None:
+            return reader
+        return pa.RecordBatchReader.from_batches(reader.schema, checked())
+
+
 def _fetch_error(
-    err: BaseException, sql: str, warehouse: Warehouse, notebook: str, cell: int | None
+    err: BaseException, sql: str, warehouse: Warehouse, notebook: str, cell: int | None,
+    watchdog: "_Watchdog | None" = None,
 ) -> DagsterBentoFetchError:
     where = _cell_ref("SQL", notebook, cell)
+    if watchdog is not None and watchdog.fired:
+        message = (
+            f"{where} was stopped: {watchdog.fired} while its query was running in the {warehouse.kind} warehouse; "
+            "the query was cancelled and its locks released. Make the query cheaper (filter or aggregate in SQL) "
+            "or raise the run's timeout_seconds."
+        )
+        return DagsterBentoFetchError(
+            message, notebook=notebook or None, cell=cell, metadata={"sql": sql, "warehouse": warehouse.url}
+        )
     reason = str(err) if isinstance(err, _SqlShapeError) else _db_message(err)
     if isinstance(err, duckdb.PermissionException):
         reason += " (a SQL cell can read the warehouse's tables only, not files)"
@@ -1187,7 +1272,8 @@ class DuckDBWarehouse(Warehouse):
     # -- connections -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _connect(self, *, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _connect(self, *, write: bool, timeout: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """``timeout``: how long to wait for the file lock (default: ``lock_timeout``)."""
         if self._memory is not None:
             with self._mutex:
                 yield self._memory
@@ -1196,7 +1282,8 @@ class DuckDBWarehouse(Warehouse):
             self._ensure_file()
         else:
             self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(self.lock_path, exclusive=write, timeout=self.lock_timeout):
+        wait = self.lock_timeout if timeout is None else timeout
+        with _file_lock(self.lock_path, exclusive=write, timeout=wait):
             con = self._open(read_only=not write)
             try:
                 yield con
@@ -1229,13 +1316,16 @@ class DuckDBWarehouse(Warehouse):
     # -- reads -----------------------------------------------------------------------------------
 
     def fetch(
-        self, sql: str, path: Path, *, fmt: FileFormat = "parquet", notebook: str = "", cell: int | None = None
+        self, sql: str, path: Path, *, fmt: FileFormat = "parquet", notebook: str = "", cell: int | None = None,
+        deadline: float | None = None, cancel: threading.Event | None = None,
     ) -> FetchResult:
         start = time.perf_counter()
         path = Path(path)
+        watchdog = _Watchdog(deadline, cancel)
         try:
             query = single_statement(sql, self.dialect)
-            with self._connect(write=False) as con, _atomic_output(path, fmt) as tmp:
+            with self._connect(write=False, timeout=watchdog.remaining(self.lock_timeout)) as con, \
+                    _atomic_output(path, fmt) as tmp, watchdog.guard(con.interrupt):
                 _duckdb_check_query(con, query)
                 relation = con.sql(query)
                 if relation is None:
@@ -1243,9 +1333,10 @@ class DuckDBWarehouse(Warehouse):
                 columns = tuple(ColumnInfo(n, str(t)) for n, t in zip(relation.columns, relation.types))
                 # Streamed through Arrow (COPY ... TO would need file access): memory stays bounded.
                 with contextlib.closing(self._result_reader(relation, fmt)) as reader:
-                    rows = _write_result(_utc_reader(reader) if fmt != "csv" else reader, tmp, fmt)
-        except (duckdb.Error, pa.ArrowException, OSError, _SqlShapeError) as err:
-            raise _fetch_error(err, sql, self, notebook, cell) from err
+                    batches = watchdog.batches(_utc_reader(reader) if fmt != "csv" else reader)
+                    rows = _write_result(batches, tmp, fmt)
+        except (duckdb.Error, pa.ArrowException, OSError, _SqlShapeError, _FetchStopped, TimeoutError) as err:
+            raise _fetch_error(err, sql, self, notebook, cell, watchdog) from err
         return FetchResult(path, rows, columns, time.perf_counter() - start)
 
     @staticmethod
@@ -1560,10 +1651,12 @@ class PostgresWarehouse(Warehouse):
     # -- reads -----------------------------------------------------------------------------------
 
     def fetch(
-        self, sql: str, path: Path, *, fmt: FileFormat = "parquet", notebook: str = "", cell: int | None = None
+        self, sql: str, path: Path, *, fmt: FileFormat = "parquet", notebook: str = "", cell: int | None = None,
+        deadline: float | None = None, cancel: threading.Event | None = None,
     ) -> FetchResult:
         start = time.perf_counter()
         path = Path(path)
+        watchdog = _Watchdog(deadline, cancel)
         try:
             query = single_statement(sql, self.dialect)
             _postgres_check_query(query)
@@ -1572,15 +1665,17 @@ class PostgresWarehouse(Warehouse):
                 conn.commit()
                 if self.fetch_role:  # LOCAL: ends with this (read-only) transaction
                     cur.execute(f"SET LOCAL ROLE {quote_ident(self.fetch_role)}")
-                cur.execute(query)
-                reader = cur.fetch_record_batch()
-                columns = tuple(ColumnInfo(f.name, _pg_type_name(f)) for f in reader.schema)
-                schema = pa.schema([_pg_file_field(f) for f in reader.schema])
-                batches = (_pg_convert_batch(b, schema) for b in reader)
-                with _atomic_output(path, fmt) as tmp:
-                    rows = _write_result(pa.RecordBatchReader.from_batches(schema, batches), tmp, fmt)
-        except (pg_dbapi.Error, pa.ArrowException, OSError, _SqlShapeError) as err:
-            raise _fetch_error(err, sql, self, notebook, cell) from err
+                with watchdog.guard(cur.adbc_cancel):  # a cancel request to the server (libpq PQcancel)
+                    cur.execute(query)
+                    reader = cur.fetch_record_batch()
+                    columns = tuple(ColumnInfo(f.name, _pg_type_name(f)) for f in reader.schema)
+                    schema = pa.schema([_pg_file_field(f) for f in reader.schema])
+                    batches = (_pg_convert_batch(b, schema) for b in reader)
+                    with _atomic_output(path, fmt) as tmp:
+                        plain = pa.RecordBatchReader.from_batches(schema, batches)
+                        rows = _write_result(watchdog.batches(plain), tmp, fmt)
+        except (pg_dbapi.Error, pa.ArrowException, OSError, _SqlShapeError, _FetchStopped) as err:
+            raise _fetch_error(err, sql, self, notebook, cell, watchdog) from err
         return FetchResult(path, rows, columns, time.perf_counter() - start)
 
     def table_columns(self, table: str) -> tuple[ColumnInfo, ...] | None:

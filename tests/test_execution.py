@@ -450,3 +450,23 @@ def test_openlineage_events_of_real_runs_over_http(tmp_path, lineage_server, cle
     assert [f["name"] for f in out["facets"]["schema"]["fields"]] == ["id", "s"]
     assert out["facets"]["columnLineage"]["fields"]["s"]["inputFields"][0]["name"] == "raw.types"
     assert "nope" in events[3]["run"]["facets"]["errorMessage"]["message"]
+
+
+def test_slow_fetch_is_cancelled_at_the_time_limit_and_releases_the_warehouse(tmp_path, clean_run_dirs):
+    """The run's time limit covers the fetch: a SQL cell's query that would run for hours is cancelled when the
+    run times out, and the DuckDB file is free for other runs' uploads right away."""
+    from dagster_bento.warehouse import _file_lock
+
+    url = seed_duckdb(tmp_path / "wh.duckdb", "CREATE SCHEMA raw; CREATE TABLE raw.big AS SELECT range AS i FROM range(3000);")
+    write_policy(tmp_path, {"raw.big": ["ANALYTICS"]})
+    add_notebook(tmp_path, "slow_sql", [
+        sql_cell("n", "SELECT count(*) AS n FROM raw.big AS a, raw.big AS b, raw.big AS c "
+                      "WHERE md5(CAST(a.i AS VARCHAR) || CAST(b.i AS VARCHAR) || CAST(c.i AS VARCHAR)) = 'x'"),
+        write_cell("n", "mart.never")], timeout_seconds=6)
+    started = time.monotonic()
+    with pytest.raises(DagsterBentoRunError) as info:
+        run(tmp_path, url)
+    assert time.monotonic() - started < 60, "the run waited for the query instead of cancelling it"
+    assert "notebooks/slow_sql.ipynb" in str(info.value)
+    with _file_lock(Path(str(tmp_path / "wh.duckdb") + ".bento.lock"), exclusive=True, timeout=1):
+        pass  # no fetch holds the warehouse any more

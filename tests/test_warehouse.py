@@ -1382,3 +1382,58 @@ def test_unnamed_non_integer_index_in_a_file_is_refused(env: Env) -> None:
     with pytest.raises(DagsterBentoOutputError, match=r"unnamed index \(__index_level_0__: \w*string\).*rename_axis"):
         env.wh.upload([UploadRequest(env.t("labels"), path, notebook=NB, cell=5)], run_id="r1")
     assert not env.exists(env.t("labels"))
+
+
+# --------------------------------------------------------------------------------------------------
+# The run's time limit covers the fetch: a slow query is cancelled and its locks released
+
+
+def _slow_query(env: Env) -> str:
+    t = env.t("big")
+    env.execute(f"CREATE TABLE {t} AS SELECT i FROM (SELECT generate_series AS i FROM generate_series(1, 3000)) s"
+                if isinstance(env.wh, PostgresWarehouse) else f"CREATE TABLE {t} AS SELECT range AS i FROM range(3000)")
+    # 2.7e10 hashes: hours, unless stopped
+    return f"SELECT count(*) AS n FROM {t} a, {t} b, {t} c WHERE md5(a.i::VARCHAR || b.i::VARCHAR || c.i::VARCHAR) = 'x'"
+
+
+def test_fetch_past_its_deadline_is_cancelled(env: Env) -> None:
+    sql = _slow_query(env)
+    started = time.monotonic()
+    thread, box = _in_thread(lambda: env.wh.fetch(sql, env.tmp / "slow.parquet", notebook=NB, cell=3,
+                                                  deadline=time.monotonic() + 1.0))
+    thread.join(8)
+    hung = thread.is_alive()
+    if hung and isinstance(env.wh, PostgresWarehouse):  # clean up after a broken mechanism
+        env.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE '%md5(a.i%' "
+                    "AND pid <> pg_backend_pid()")
+    assert not hung and time.monotonic() - started < 8, "the query was not stopped at its deadline"
+    error = box.get("error")
+    assert isinstance(error, DagsterBentoFetchError), box
+    assert "the run's time limit ran out while its query was running" in str(error)
+    assert f"SQL cell 3 of {NB}" in str(error) and "timeout_seconds" in str(error)
+    assert not (env.tmp / "slow.parquet").exists()
+    if isinstance(env.wh, PostgresWarehouse):  # the server stopped the query too
+        assert env.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%md5(a.i%' "
+                           "AND pid <> pg_backend_pid() AND state = 'active'") == [(0,)]
+
+
+def test_stopped_fetch_releases_its_locks_for_uploads(duck_env: Env) -> None:
+    """A DuckDB fetch holds the file's shared lock: an upload of another run waits behind it. Cancelling the
+    fetch (the run failed or timed out) lets the upload through at once, not when the query would end."""
+    sql = _slow_query(duck_env)
+    cancel = threading.Event()
+    fetch, fetch_box = _in_thread(lambda: duck_env.wh.fetch(sql, duck_env.tmp / "slow.parquet", cancel=cancel))
+    time.sleep(0.5)  # the query is running and holds the shared lock
+    other = DuckDBWarehouse(duck_env.wh.path, lock_timeout=30)  # type: ignore[arg-type]
+    upload, upload_box = _in_thread(lambda: other.upload(
+        [UploadRequest(duck_env.t("out"), duck_env.parquet("o", {"id": [1]}))], run_id="other"))
+    time.sleep(0.5)
+    assert "result" not in upload_box, "the upload did not wait for the fetch's lock"
+    stopped = time.monotonic()
+    cancel.set()
+    upload.join(5)
+    assert "result" in upload_box, f"the upload still waits for the stopped fetch's lock: {upload_box}"
+    assert time.monotonic() - stopped < 3
+    fetch.join(5)
+    assert isinstance(fetch_box.get("error"), DagsterBentoFetchError)
+    assert "the run was stopped" in str(fetch_box["error"])

@@ -15,6 +15,7 @@ import stat
 import os
 import shutil
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping
@@ -137,11 +138,16 @@ class BentoInvocation:
                 # The kernel is already starting (BentoResource.run started it) or running (from the
                 # pool); it runs the cells before the first SQL cell while the orchestrator fetches, and
                 # a SQL cell's read line waits for the fetch.
+                # The run's time limit covers the fetch: its queries are cancelled at the deadline, and as soon
+                # as the notebook ends or fails (e.g. timed out waiting for them), releasing their locks.
+                stop_fetch = threading.Event()
+                deadline = time.monotonic() + config.timeout_s
                 with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bento-fetch") as pool:
-                    fetch = pool.submit(self._fetch, job, warehouse, run_dir, fmt, timings)
+                    fetch = pool.submit(self._fetch, job, warehouse, run_dir, fmt, timings, deadline, stop_fetch)
                     try:
                         executed = self._execute(job, run_dir, fmt, ds, timings, fetch, config, lease)
                     finally:
+                        stop_fetch.set()  # after a successful execution every SQL cell has waited for it
                         concurrent.futures.wait([fetch])  # it writes into the run dir: never delete under it
                     fetched = fetch.result()
                 files = collect_outputs(job, run_dir, work_dir / "collected", fmt)
@@ -259,13 +265,13 @@ class BentoInvocation:
         self.log.warning(f"purpose zone violation (log mode, run continues): {violation.message()}")
         self._logged.append(violation.to_dict())
 
-    def _fetch(self, job: BentoJob, warehouse: Warehouse, run_dir: Path, fmt: str, timings: RunTimings
-               ) -> dict[int, Any]:
+    def _fetch(self, job: BentoJob, warehouse: Warehouse, run_dir: Path, fmt: str, timings: RunTimings,
+               deadline: float | None = None, cancel: threading.Event | None = None) -> dict[int, Any]:
         start = time.perf_counter()
         fetched = {}
         for cell in job.sql_cells:
             result = warehouse.fetch(cell.sql, run_dir / input_path(cell.output, fmt), fmt=fmt,
-                                     notebook=job.notebook_path, cell=cell.index)
+                                     notebook=job.notebook_path, cell=cell.index, deadline=deadline, cancel=cancel)
             fetched[cell.index] = result
             self.log.info(f"cell {cell.index}: fetched {result.rows} rows into {cell.output} "
                           f"({result.seconds:.2f}s)")
