@@ -4,6 +4,7 @@ The escape test is the important one: every attempt must be shown to work from t
 (where that is possible), so a broken probe cannot make the test pass.
 """
 
+import dataclasses
 import http.server
 import logging
 import os
@@ -136,6 +137,27 @@ def probe(name, attempt):
 '''
 
 
+def _mount_point_stubs(args: list[str]) -> dict[str, set[str]]:
+    """For every directory above a mount of the sandbox (bwrap ``args``), the names it may show: the
+    next path components toward the mounts. Directories that are themselves mounts are not listed."""
+    targets = []
+    for i, a in enumerate(args):
+        if a in ("--bind", "--ro-bind", "--symlink"):
+            targets.append(args[i + 2])
+        elif a in ("--tmpfs", "--dev", "--proc"):
+            targets.append(args[i + 1])
+    stubs: dict[str, set[str]] = {}
+    for target in targets:
+        parts = Path(target).parts
+        for depth in range(1, len(parts)):
+            parent = str(Path(*parts[:depth]))
+            stubs.setdefault(parent, set()).add(parts[depth])
+    for target in targets:  # a mount shows its own content, not stand-ins
+        stubs.pop(target, None)
+    stubs.pop("/", None)  # the root's entries are the system directories and /etc, /tmp...: all mounts
+    return stubs
+
+
 def _escape_probes(p: dict[str, object]) -> dict[str, str]:
     """name -> cell source. Each cell tries one escape and prints BLOCKED/ESCAPED."""
 
@@ -199,15 +221,30 @@ def _escape_probes(p: dict[str, object]) -> dict[str, str]:
         ),
         "read_project_file": body("read_project_file", f"    return open({p['pyproject']!r}).read()[:40]"),
         "read_warehouse_file": body("read_warehouse_file", f"    return open({p['warehouse']!r}, 'rb').read(16)"),
+        # A directory on the way to a bound path (the checkout holding .venv, the home holding the clone
+        # or ~/.pyenv) exists in the sandbox only as an empty stand-in with the next path components
+        # toward the mounts; any other name in it is the host's and an escape.
         "list_project_dir": body(
             "list_project_dir",
-            f"    names = sorted(n for n in set(os.listdir({p['project']!r})) - {{'.venv'}} if not n.startswith('escape-'))\n"
-            "    assert names, 'only .venv'\n    return names",
+            f"    names = sorted(n for n in set(os.listdir({p['project']!r})) - {p['stubs'].get(p['project'], set())!r}"
+            " if not n.startswith('escape-'))\n"
+            "    assert names, 'only the stand-ins of mount points'\n    return names",
         ),
         "read_etc_shadow": body("read_etc_shadow", "    return open('/etc/shadow').read()[:20]"),
         "list_root_home": body(
             "list_root_home",
-            "    names = sorted(set(os.listdir('/root')) - {'.pyenv'})\n    assert names, 'only .pyenv'\n    return names",
+            f"    names = sorted(set(os.listdir('/root')) - {p['stubs'].get('/root', set())!r})\n"
+            "    assert names, 'only the stand-ins of mount points'\n    return names",
+        ),
+        "host_names_beside_mount_points": body(
+            "host_names_beside_mount_points",
+            f"    stubs = {p['stubs']!r}\n"
+            "    def listing(d):\n"
+            "        try:\n            return set(os.listdir(d))\n        except OSError:\n            return set()\n"
+            "    extra = {d: sorted(listing(d) - names) for d, names in stubs.items()}\n"
+            "    extra = {d: [n for n in names if not n.startswith(('escape-', 'bento-escape-'))] for d, names in extra.items()}\n"
+            "    extra = {d: names for d, names in extra.items() if names}\n"
+            "    assert extra, 'only the stand-ins of mount points'\n    return extra",
         ),
     }
 
@@ -273,6 +310,13 @@ def test_sandbox_blocks_escapes(
         "project_escape": str(PROJECT_DIR / f"escape-{suffix}.txt"),
         "outside_escape": str(outside / "escape.txt"),
     }
+    # A read-only bind under the home directory, as when the clone and its .venv live in ~/src: the
+    # sandbox then has stand-ins for the directories on the way, which are not an escape.
+    home_bound = Path.home() / f".bento-sbx-{suffix}" / "src" / "venv"
+    home_bound.mkdir(parents=True)
+    config = dataclasses.replace(BWRAP, extra_ro_binds=(str(home_bound),))
+    params["stubs"] = _mount_point_stubs(bwrap_args(config, run_dir, run_dir / sandbox.STATE_DIR_NAME))
+    assert str(Path.home()) in params["stubs"]  # type: ignore[operator]
     probes = _escape_probes(params)
     # A process started with the secret in its environment, like a Dagster worker holding
     # credentials (a later os.environ change is not visible in /proc/<pid>/environ).
@@ -299,7 +343,7 @@ def test_sandbox_blocks_escapes(
             *probes.values(),
             "open('/tmp/bento-escape-%s', 'w').write('x'); print('WROTE private /tmp')" % suffix,
         )
-        out = execute_notebook(nb, run_dir=run_dir, config=BWRAP, notebook_label="escape.ipynb")
+        out = execute_notebook(nb, run_dir=run_dir, config=config, notebook_label="escape.ipynb")
         text = "".join(_stdout(c) for c in out.cells)
         print(text)
         assert not Path(f"/tmp/bento-escape-{suffix}").exists()
@@ -321,6 +365,7 @@ def test_sandbox_blocks_escapes(
     finally:
         holder.kill()
         holder.wait()
+        shutil.rmtree(Path.home() / f".bento-sbx-{suffix}", ignore_errors=True)
         warehouse.unlink(missing_ok=True)
         Path(f"{warehouse}.wal").unlink(missing_ok=True)
         (PROJECT_DIR / f"escape-{suffix}.txt").unlink(missing_ok=True)
