@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -210,3 +211,58 @@ def test_a_finalized_workdir_releases_its_lock(tmp_path: Path) -> None:
     time.sleep(0)
     assert workdirs.is_stale(path)
     assert workdirs.sweep(tmp_path) == [path.name]
+
+
+RUN_UNTIL_KILLED = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from tests.nbfactory import add_notebook, code, sql_cell, write_cell, write_policy
+    from tests.test_execution import run, seed_duckdb
+
+    base, root = Path(sys.argv[1]), sys.argv[2]
+    url = seed_duckdb(base / "wh.duckdb", "CREATE SCHEMA raw; CREATE TABLE raw.pay AS SELECT range AS id, "
+                                          "'salary ' || range AS secret FROM range(1000)")
+    write_policy(base, {"raw.pay": ["ANALYTICS"]})
+    add_notebook(base, "slow", [sql_cell("df", "SELECT * FROM raw.pay"), code("import time; time.sleep(120)"),
+                                write_cell("df", "mart.pay")])
+    run(base, url, kernel_pool="off", run_root=root)
+""")
+
+
+@pytest.mark.kernel
+def test_a_run_killed_hard_is_swept_by_the_next_run(tmp_path: Path) -> None:
+    """A Dagster run process killed with SIGKILL (the OOM killer) while its notebook runs leaves its fetched
+    inputs on disk; the next run deletes them (mutation caught: runs not sweeping at start, or their
+    directories carrying no owner marker)."""
+    from dagster_bento.execution import runner
+
+    if "workdirs" not in Path(runner.__file__).read_text():
+        pytest.skip("runner.py does not create its run directories through workdirs yet")
+    from tests.test_execution import passthrough_project, run, seed_duckdb
+
+    root = Path(tempfile.mkdtemp(prefix="bt-", dir="/tmp"))
+    (tmp_path / "killed").mkdir()
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", RUN_UNTIL_KILLED, str(tmp_path / "killed"), str(root)],
+                                cwd=Path(__file__).parents[2], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while not list(root.glob("*/nb/inputs/*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[0].decode()[-3000:]
+        time.sleep(0.5)  # the fetch has written its file; the notebook sleeps
+        proc.kill()
+        proc.wait(timeout=30)
+        left = sorted(p.name for p in root.iterdir())
+        assert left and all(n.startswith("bento-") for n in left)
+        assert list(root.glob("*/nb/inputs/*"))  # the fetched data a hard kill leaves behind
+
+        url = seed_duckdb(tmp_path / "wh.duckdb", "CREATE SCHEMA raw; CREATE TABLE raw.src AS SELECT 1 AS id")
+        (tmp_path / "next").mkdir()
+        project = passthrough_project(tmp_path / "next", "raw.src", "mart.copy")
+        assert run(project, url, kernel_pool="off", run_root=str(root)).success
+        deadline = time.monotonic() + 10
+        while list(root.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(root.iterdir()) == [], "the next run left a killed run's directory (and its data)"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
