@@ -228,6 +228,25 @@ def cmd_kernel_pool(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from types import SimpleNamespace
+
+    from dagster_bento.execution import workdirs
+    from dagster_bento.project import load_config
+    from dagster_bento.resources import BentoResource
+
+    run_root = args.run_root
+    if run_root is None:
+        project_dir = Path(args.project_dir).resolve()
+        config, _ = load_config(project_dir)
+        run_root = BentoResource.for_project(SimpleNamespace(project_dir=project_dir, config=config),
+                                             warehouse_url="").run_root
+    root = workdirs.run_root(run_root)
+    removed = workdirs.sweep(root)
+    print(f"deleted {len(removed)} stale run director{'y' if len(removed) == 1 else 'ies'} in {root}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dagster-bento", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -278,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-ready", type=float, default=None, metavar="SECONDS",
                    help="wait until the running pool has --size ready kernels, print its status and exit")
     p.set_defaults(func=cmd_kernel_pool)
+    p = sub.add_parser("sweep", help="delete the run directories (and the data fetched into them) of runs and "
+                                     "kernel pools that were killed hard; never a live one")
+    p.add_argument("project_dir", nargs="?", default=".")
+    p.add_argument("--run-root", default=None, help="parent of the run directories (default: the project's)")
+    p.set_defaults(func=cmd_sweep)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
