@@ -65,7 +65,7 @@ class RunDetail:
     outputs: tuple[dict[str, Any], ...]  # {"cell", "table", "mode", "rows_written", "rows_in_table"}
     parameters: Mapping[str, Any]
     executed_notebook: str | None
-    executed_html: str | None
+    executed_html: str | None  # where the run renders its HTML copy (in the background, after the run)
     run_url: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -337,7 +337,7 @@ def describe_run(instance: dg.DagsterInstance, run_id: str, *, project_dir: Path
     return RunDetail(summary=summary, cell_source=cell_source, ename=ename, evalue=evalue, traceback=traceback,
                      error_message=_error_text(facts), inputs=tuple(inputs), outputs=tuple(outputs),
                      parameters=parameters, executed_notebook=facts.kept,
-                     executed_html=html if html and Path(html).is_file() else None,
+                     executed_html=html if facts.kept and Path(facts.kept).is_file() else None,
                      run_url=f"{base}/runs/{run_id}")
 
 
@@ -448,7 +448,9 @@ def format_run(detail: RunDetail) -> str:
         lines.append("  (none)")
     lines.append("")
     lines.append(f"kept notebook: {detail.executed_notebook or '-'}")
-    lines.append(f"html:          {detail.executed_html or '-'}")
+    html = detail.executed_html
+    pending = "  (being rendered; it appears a few seconds after the run)" if html and not Path(html).is_file() else ""
+    lines.append(f"html:          {html or '-'}{pending}")
     lines.append(f"run page:      {detail.run_url}")
     return "\n".join(lines)
 

@@ -66,6 +66,7 @@ def test_show_a_failed_code_cell(runs):
     assert detail.parameters["low"] == 1
     assert Path(detail.executed_notebook).is_file() and detail.executed_notebook.endswith(f"{ids['boom_daily']}.ipynb")
     assert detail.run_url == f"http://127.0.0.1:3000/runs/{ids['boom_daily']}"
+    assert detail.executed_html == detail.executed_notebook.removesuffix(".ipynb") + ".html"
     text = format_run(detail)
     for part in ("FAILURE", "failed at cell 3: ZeroDivisionError: division by zero", "out = df.assign(r=1 / 0)",
                  "cell 1: df <- raw.types (2 rows)", "mart.never (overwrite): not written", detail.executed_notebook,

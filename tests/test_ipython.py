@@ -74,6 +74,20 @@ def project(tmp_path: Path, tables=None, **spec) -> tuple[Path, str, Path]:
     return tmp_path, url, nb
 
 
+@pytest.mark.xfail(strict=True, reason="dagster_bento/__init__.py does not yet re-export the hooks of "
+                                       "dagster_bento.ipython (the lead adds them; then drop this marker)")
+def test_load_ext_dagster_bento_registers_the_magics():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    sh = InteractiveShell.instance()
+    result = sh.run_cell("%load_ext dagster_bento")
+    try:
+        assert result.error_in_exec is None and result.error_before_exec is None
+        assert "bento_sql" in sh.magics_manager.magics["cell"] and "bento_write" in sh.magics_manager.magics["line"]
+    finally:
+        sh.run_cell("%unload_ext dagster_bento")
+
+
 def test_find_project_dir(tmp_path):
     root, _url, nb = project(tmp_path)
     assert find_project_dir(nb.parent) == root
