@@ -35,8 +35,8 @@ as a SyntaxError) — add the magic line, which the schedule accepts too. A meta
 source is empty is never sent to the kernel by IPython (empty cells are skipped), so it shows no preview.
 
 Honest limits: the output label a write would need is computed from the SQL cells run in this session
-(a run uses every SQL cell of the notebook: run the notebook top to bottom, or ``dagster-bento check``);
-the code-cell schedulability rules (BENTO-E1xx) are not applied interactively (``check`` applies them).
+and every SQL cell of the saved notebook (a cell typed but not yet saved counts once it is run); the
+code-cell schedulability rules (BENTO-E1xx) are not applied interactively (``check`` applies them).
 """
 
 from __future__ import annotations
@@ -662,7 +662,7 @@ def _preview_write(magics: Any, line: str) -> WritePreview:
                                     table_columns=warehouse.table_columns, tmpdir=run_dir / "prepared")[0]
         existing = warehouse.table_columns(cell.table)
         _check_columns(prepared, existing, case_insensitive=warehouse.kind == "duckdb")
-        label = _write_label(ctx, warehouse, cell, magics.read_labels, index, existing is not None)
+        label = _write_label(ctx, warehouse, cell, magics.read_labels, index, existing is not None, user_ns)
         columns = tuple((f.name, str(f.type)) for f in prepared.schema)
         dropped = _index_note(df, [n for n, _t in columns])
         existing_rows = _count(warehouse, cell.table) if existing is not None else None
@@ -718,8 +718,33 @@ def _index_note(df: Any, columns: Sequence[str]) -> str:
     return ""
 
 
+def _notebook_read_labels(ctx: _Context, warehouse: Any, user_ns: Mapping[str, Any]) -> list[frozenset[str]]:
+    """Labels of every table the saved notebook's SQL cells read (a run's output label comes from all of
+    them, not only from the cells run in this session). Cells that do not resolve are left out: they are
+    refused when run."""
+    from dagster_bento import zones
+    from dagster_bento.project import resolve_job, template_variables
+    from dagster_bento.spec import ScheduleEntry, ScheduleSpec
+
+    if ctx.parsed is None or not ctx.parsed.sql_cells:
+        return []
+    names = set().union(*(template_variables(c.sql) for c in ctx.parsed.sql_cells))
+    params, ds = ctx.parameters(user_ns, names)
+    spec = ctx.spec or ScheduleSpec(path="(draft)", sha256="", owners=(), zone=ctx.zone or "", schedules=())
+    tables: set[str] = set()
+    for sql_cell in ctx.parsed.sql_cells:
+        one = dataclasses.replace(ctx.parsed, sql_cells=(sql_cell,), write_cells=(), parameters=params)
+        job, _problems = resolve_job(one, spec, ScheduleEntry(ctx.name, {}), default_schema=ctx.default_schema,
+                                     dialect=ctx.dialect, ds=ds)
+        if job is not None:
+            tables.update(job.tables_read)
+    stored = warehouse.read_labels(sorted(tables))
+    resolved = (zones.resolve_label(ctx.policy, t, stored) for t in sorted(tables))
+    return [label for label in resolved if isinstance(label, frozenset)]
+
+
 def _write_label(ctx: _Context, warehouse: Any, cell: Any, read_labels: Mapping[str, frozenset[str]],
-                 index: int | None, exists: bool) -> frozenset[str] | None:
+                 index: int | None, exists: bool, user_ns: Mapping[str, Any]) -> frozenset[str] | None:
     """The pre-upload write rule of a run (`runner._write_labels`) for this cell."""
     from dagster_bento import zones
 
@@ -730,7 +755,8 @@ def _write_label(ctx: _Context, warehouse: Any, cell: Any, read_labels: Mapping[
                        "run %bento_zone <ZONE> (a draft) or add the schedule spec with 'zone:'")
     policy = ctx.policy
     reclass = policy.reclassification_for(ctx.name, cell.table, notebook_path=ctx.display)
-    required = zones.output_label(read_labels.values(), ctx.zone, reclassification=reclass)
+    labels = [*read_labels.values(), *_notebook_read_labels(ctx, warehouse, user_ns)]
+    required = zones.output_label(labels, ctx.zone, reclassification=reclass)
     stored = warehouse.read_labels([cell.table])
     violation, label = zones.check_write(
         policy, notebook=ctx.name, notebook_path=ctx.display, notebook_zone=ctx.zone, cell=index, table=cell.table,

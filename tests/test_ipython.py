@@ -407,3 +407,21 @@ def test_a_notebook_loading_the_extension_runs_on_schedule(tmp_path, clean_run_d
     add_notebook(tmp_path, "ext", [code("%load_ext dagster_bento"), sql_cell("df", "SELECT * FROM raw.types"),
                                    write_cell("df", "mart.ext")])
     assert run(tmp_path, url, raise_on_error=False).success
+
+
+def test_write_label_counts_every_sql_cell_of_the_saved_notebook(tmp_path, shell, monkeypatch):
+    """A run's output label is the union of everything the notebook reads, so the preview's is too, even
+    for SQL cells not run in this session."""
+    url = seed_duckdb(tmp_path / "wh.duckdb", """CREATE SCHEMA raw;
+        CREATE TABLE raw.orders AS SELECT 1 AS id; CREATE TABLE raw.sales AS SELECT 2 AS id;""")
+    (tmp_path / "bento.yaml").write_text("warehouse_url: duckdb:///wh.duckdb\n")
+    write_policy(tmp_path, {"raw.orders": ["ANALYTICS"], "raw.sales": ["SALES"], "mart.out": ["ANALYTICS"]},
+                 zones={"ANALYTICS": {"permits": ["ANALYTICS"]}, "SALES": {"permits": ["SALES", "ANALYTICS"]}})
+    nb = add_notebook(tmp_path, "two", [sql_cell("a", "SELECT id FROM raw.orders"),
+                                        sql_cell("b", "SELECT id FROM raw.sales"), write_cell("a", "mart.out")])
+    monkeypatch.chdir(tmp_path / "notebooks")
+    monkeypatch.setenv("JPY_SESSION_NAME", str(nb))
+    ok(shell, "%%bento_sql a\nSELECT id FROM raw.orders")
+    _value, err = cell(shell, "%bento_write a mart.out")
+    assert "PZ004" in str(err) and "missing {SALES}" in str(err)
+    assert query(url, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'out'") == [(0,)]
