@@ -55,6 +55,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -632,12 +633,35 @@ def sweep_kernel_cgroups(min_age_s: float = 60.0) -> None:
                             os.rmdir(entry.path)
 
 
-def _remove_kernel_cgroups(pid: int | None) -> None:
+def _remove_kernel_cgroups(pid: int | None, wait_s: float = 10.0) -> None:
+    """Remove the cgroups of the kernel launched as ``pid`` once its last process is gone.
+
+    The kernel's processes die a moment after its launcher (bwrap's --die-with-parent), and rmdir
+    refuses a cgroup that still has one, so a daemon thread retries for ``wait_s``; whatever is left
+    (the interpreter exited first) is removed by the next `sweep_kernel_cgroups`."""
     host = find_cgroup_host() if pid is not None else None
-    if host is not None:
-        for path in _cgroup_dirs(host, pid):
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
+    if host is None:
+        return
+    paths = _cgroup_dirs(host, pid)
+
+    def remove() -> None:
+        deadline = time.monotonic() + wait_s
+        left = list(paths)
+        while left:
+            for path in list(left):
+                try:
+                    os.rmdir(path)
+                except FileNotFoundError:
+                    left.remove(path)
+                except OSError:  # EBUSY: a process is still in it
+                    continue
+                else:
+                    left.remove(path)
+            if not left or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=remove, name="bento-cgroup-cleanup", daemon=True).start()
 
 
 def _oom_killed(pid: int | None) -> bool:
@@ -1545,14 +1569,17 @@ def _no_space_hint(evalue: str, config: SandboxConfig, run_dir: Path | None) -> 
     tmp = plan.tmp // mib if plan is not None and plan.tmp is not None else config.tmp_size_mb
     shm = plan.shm // mib if plan is not None and plan.shm is not None else config.shm_size_mb
     tmpfs = {"/tmp": ("tmp_size_mb", tmp), "/dev/shm": ("shm_size_mb", shm)}
-    for mount, (field, size) in tmpfs.items():
-        if named == mount or named.startswith(mount + "/"):
-            limit = f"at most {size} MB (SandboxConfig.{field})" if size is not None else "a bounded size"
-            return (f" {mount} in the sandbox holds {limit} and is full: write large files to the working "
-                    f"directory, or raise the limit.")
     free = _free_bytes(run_dir) if run_dir is not None else None
-    disk_full = free is not None and free < 64 * mib
-    if disk_full or (named and not named.startswith(("/tmp", "/dev/shm"))):
+    in_run_dir = bool(named) and (
+        not named.startswith("/") or (run_dir is not None and _is_under(named, [str(run_dir)]))
+    )
+    if not in_run_dir:  # the run directory may itself be under /tmp on the host (bound over the private /tmp)
+        for mount, (field, size) in tmpfs.items():
+            if named == mount or named.startswith(mount + "/"):
+                limit = f"at most {size} MB (SandboxConfig.{field})" if size is not None else "a bounded size"
+                return (f" {mount} in the sandbox holds {limit} and is full: write large files to the working "
+                        f"directory, or raise the limit.")
+    if in_run_dir or (free is not None and free < 64 * mib):
         return (f" The disk that holds the run directory ({run_dir}) is full ({(free or 0) // mib} MB "
                 "free): this is not a limit of the notebook; free space there or move the run directories "
                 "(bento.yaml `run_root` or $BENTO_RUN_ROOT) to a larger disk.")

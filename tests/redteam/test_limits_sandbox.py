@@ -182,15 +182,9 @@ def in_child(name, *args):
     return "ok" if code == 0 else errno.errorcode[code]
 
 report("unshare_user", in_child("unshare", ctypes.c_int(0x10000000)))
-# clone3 with no flags: ENOSYS is what the filter answers (libc then uses clone, whose flags it sees)
-args = (ctypes.c_uint64 * 11)()
-args[4] = 17  # exit_signal SIGCHLD
-r = libc.syscall(ctypes.c_long(NR["clone3"]), args, ctypes.c_size_t(88))
-if r == 0:
-    os._exit(0)
-report("clone3", "ok" if r > 0 else errno.errorcode[ctypes.get_errno()])
-if r > 0:
-    os.waitpid(r, 0)
+# clone3 with a size it refuses (EINVAL), so that no child is ever made: the filter answers ENOSYS
+# before the call is looked at (libc then uses clone, whose flags the filter sees)
+report("clone3", call("clone3", None, ctypes.c_size_t(0)))
 for name, family, kind in (("socket_packet", 17, socket.SOCK_RAW), ("socket_vsock", 40, socket.SOCK_STREAM)):
     try:
         socket.socket(family, kind).close()
@@ -207,7 +201,7 @@ _EXPECTED = {
     "personality_no_aslr": "EPERM",
     "userfaultfd": "EPERM",
     "unshare_user": "EPERM",  # seccomp answers first; without it, --disable-userns gives ENOSPC
-    "clone3": "ENOSYS",
+    "clone3": "ENOSYS",  # without the filter: EINVAL
     "socket_packet": "EAFNOSUPPORT",  # without the filter: EPERM (no CAP_NET_RAW)
     "socket_vsock": "EAFNOSUPPORT",
 }
@@ -294,3 +288,103 @@ def test_rlimit_floor_message_names_the_limit_and_the_minimum() -> None:
     # /tmp, /dev/shm and the data rlimit together stay within the memory limit
     assert plan.data + plan.tmp + plan.shm <= floor * MIB  # type: ignore[operator]
     sandbox.check_sandbox_available(SandboxConfig(backend="bwrap", memory_limit_mb=floor, resource_limits="rlimit"))
+
+
+# --------------------------------------------------------------------------------------------------
+# A full disk is reported as what it is
+# --------------------------------------------------------------------------------------------------
+
+
+def test_no_space_hint_names_the_file_system_that_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = SandboxConfig(backend="bwrap", tmp_size_mb=64, shm_size_mb=8)
+    hint = sandbox._no_space_hint
+    assert "/tmp in the sandbox holds at most 64 MB" in hint("[Errno 28] No space left on device: '/tmp/x'",
+                                                              config, tmp_path)
+    assert "/dev/shm in the sandbox holds at most 8 MB" in hint(
+        "[Errno 28] No space left on device: '/dev/shm/x'", config, tmp_path)
+    named_run_file = hint(f"[Errno 28] No space left on device: '{tmp_path}/out.parquet'", config, tmp_path)
+    assert "disk that holds the run directory" in named_run_file and "/tmp in the sandbox" not in named_run_file
+    # a write() without a file name: the run directory's file system decides
+    monkeypatch.setattr(sandbox, "_free_bytes", lambda path: 1024)
+    full = hint("[Errno 28] No space left on device", config, tmp_path)
+    assert "disk that holds the run directory" in full and str(tmp_path) in full and "run_root" in full
+    monkeypatch.setattr(sandbox, "_free_bytes", lambda path: 10 * 1024**3)
+    tmpfs = hint("[Errno 28] No space left on device", config, tmp_path)
+    assert "/tmp or /dev/shm is full" in tmpfs and "/tmp 64 MB" in tmpfs
+
+
+def test_full_run_disk_is_reported_as_the_run_disk(tmp_path: Path) -> None:
+    """A notebook fills the (tiny) file system of its run directory: the error says that disk is
+    full, not that the sandbox's /tmp is (the old message sent the user to write to the full disk).
+    Mutation caught: the old /tmp-only message for every ENOSPC."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs as the run directory (test_no_space_hint covers the rest)")
+    run = tmp_path / "small"
+    run.mkdir()
+    import subprocess
+
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(run)], check=True)
+    try:
+        nb = _nb("with open('big.bin', 'wb') as f:\n    for _ in range(16):\n        f.write(b'x' * 4 * 1024 * 1024)")
+        with pytest.raises(DagsterBentoCellError) as info:
+            execute_notebook(nb, run_dir=run, config=_config(), notebook_label="full.ipynb")
+        message = str(info.value)
+        assert "No space left on device" in message
+        assert f"disk that holds the run directory ({run})" in message
+        assert "/tmp in the sandbox" not in message
+    finally:
+        subprocess.run(["umount", "-l", str(run)], check=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Through a real run: a spec's low memory limit, and no cgroup left behind
+# --------------------------------------------------------------------------------------------------
+
+
+def test_spec_with_a_low_memory_limit_runs_or_is_refused_at_once(tmp_path: Path) -> None:
+    """The reported case: a spec with memory_limit_mb 256 hung reading its first input until the
+    run's timeout. Now it either runs (a cgroup counts what the kernel uses) or fails at once naming
+    the limit (rlimits)."""
+    import shutil
+    import tempfile
+
+    from tests import test_execution as te
+
+    root = tempfile.mkdtemp(prefix="bt-", dir="/tmp")
+    te._RUN_ROOT.append(root)
+    try:
+        url = te.seed_duckdb(tmp_path / "w.duckdb")
+        project = te.passthrough_project(tmp_path, "raw.types", "analytics.out", memory_limit_mb=256,
+                                         timeout_seconds=40)
+        start = time.monotonic()
+        result = te.run(project, url, raise_on_error=False)
+        elapsed = time.monotonic() - start
+        if sandbox.find_cgroup_host() is not None:
+            assert result.success
+            assert te.query(url, "SELECT count(*) FROM analytics.out") == [(3,)]
+        else:
+            assert not result.success
+            failure = next(e for e in result.all_events if e.is_failure)
+            assert "memory_limit_mb: 256 is too low" in str(failure.event_specific_data.error.message)
+        assert elapsed < 30
+    finally:
+        te._RUN_ROOT.remove(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_kernel_cgroups_are_removed_after_the_run(run_dir: Path) -> None:
+    host = sandbox.find_cgroup_host()
+    if host is None:
+        pytest.skip("no cgroup on this host: the kernel's limits are rlimits")
+    parents = sandbox._cgroup_dirs(host)
+    before = {p: {n for n in os.listdir(p) if n.startswith("bento-")} for p in parents}
+    nb = _nb("import os; print(os.getpid())")
+    execute_notebook(nb, run_dir=run_dir, config=_config(memory_limit_mb=512), notebook_label="cg.ipynb")
+    deadline = time.monotonic() + 10  # removed once the kernel's last process is gone
+    while True:
+        after = {p: {n for n in os.listdir(p) if n.startswith("bento-")} for p in parents}
+        if all(after[p] <= before[p] for p in parents) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for p in parents:
+        assert after[p] <= before[p], f"left behind in {p}: {after[p] - before[p]}"
