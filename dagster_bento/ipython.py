@@ -53,8 +53,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dagster_bento.errors import DagsterBentoError
+
 __all__ = [
     "BentoMagics",
+    "DagsterBentoInteractiveError",
     "strip_session_magics",
     "SqlCellResult",
     "WritePreview",
@@ -225,16 +228,22 @@ class _Refused(Exception):
     pass
 
 
+class DagsterBentoInteractiveError(DagsterBentoError):
+    """A bento magic refused the cell: what `dagster-bento check` or a run would refuse. It is raised (so
+    nbclient, papermill and "Run all" stop there, as a run would); IPython's UsageError would only be
+    printed and the next cells would still run."""
+
+
 def _refusal(message: str) -> Exception:
-    """A refused cell raises (so nbclient, papermill and "Run all" stop there, as a run would), with the
-    message only: IPython's UsageError would be printed to stderr and the next cells would still run."""
-    from dagster_bento.errors import DagsterBentoError
-
-    class DagsterBentoInteractiveError(DagsterBentoError):
-        """A bento magic refused the cell: what `dagster-bento check` or a run would refuse."""
-
-    DagsterBentoInteractiveError.__module__ = __name__
     return DagsterBentoInteractiveError(message)
+
+
+def _short_traceback(err: BaseException) -> BaseException:
+    """Show a dagster-bento error as its message only (IPython calls ``_render_traceback_`` when an
+    exception has one): the message says what to fix; our call stack would only hide it."""
+    lines = [f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", *str(err).splitlines()[1:]]
+    err._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
+    return err
 
 
 def _make_magics_class() -> type:
@@ -304,7 +313,10 @@ def _make_magics_class() -> type:
         @line_magic
         def bento_status(self, line: str) -> dict[str, Any]:
             """%bento_status: the project, notebook, zone and warehouse the magics use."""
-            ctx = self.context()
+            try:
+                ctx = self.context()
+            except _Refused as err:
+                raise _refusal(str(err)) from None
             return {"project_dir": str(ctx.project_dir), "notebook": ctx.display, "zone": ctx.zone,
                     "schedule": ctx.name, "warehouse": ctx.warehouse_display, "data_format": ctx.fmt,
                     "policy": ctx.policy is not None}
@@ -316,7 +328,9 @@ def _make_magics_class() -> type:
             try:
                 result = _run_sql(self, line, cell)
             except _Refused as err:
-                raise _refusal(str(err)) from None
+                raise _short_traceback(_refusal(str(err))) from None
+            except DagsterBentoError as err:  # a zone refusal, a fetch error: the run's own error
+                raise _short_traceback(err) from None
             self.last_sql = result
             print(result.summary())
 
@@ -328,7 +342,9 @@ def _make_magics_class() -> type:
             try:
                 preview = _preview_write(self, line)
             except _Refused as err:
-                raise _refusal(str(err)) from None
+                raise _short_traceback(_refusal(str(err))) from None
+            except DagsterBentoError as err:  # a zone refusal, an output that does not fit: the upload's error
+                raise _short_traceback(err) from None
             self.last_preview = preview
             return preview
 
