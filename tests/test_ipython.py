@@ -6,7 +6,6 @@ same notebook, on DuckDB and PostgreSQL, and the zone and BENTO004 refusals insi
 """
 
 import copy
-import os
 import uuid
 from pathlib import Path
 
