@@ -41,3 +41,16 @@ __all__ = [
     "load_project",
     "parse_notebook",
 ]
+
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext dagster_bento``: the interactive magics (`dagster_bento.ipython`), imported only here."""
+    from dagster_bento import ipython as _ipython
+
+    _ipython.load_ipython_extension(ipython)
+
+
+def unload_ipython_extension(ipython: object) -> None:
+    from dagster_bento import ipython as _ipython
+
+    _ipython.unload_ipython_extension(ipython)

@@ -247,6 +247,54 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from dagster_bento.debug import format_runs, list_runs
+
+    with dg.DagsterInstance.get() as instance:  # DAGSTER_HOME
+        found = list_runs(instance, args.notebook_or_schedule, failed=args.failed, limit=args.limit)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in found], indent=2, default=str))
+    else:
+        print(format_runs(found))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from dagster_bento.debug import describe_run, format_run
+    from dagster_bento.ipython import find_project_dir
+
+    project_dir = Path(args.project_dir) if args.project_dir else find_project_dir(Path.cwd())
+    with dg.DagsterInstance.get() as instance:  # DAGSTER_HOME
+        try:
+            detail = describe_run(instance, args.run_id, project_dir=project_dir, webserver_url=args.webserver_url)
+        except LookupError as err:
+            print(err, file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(detail.to_dict(), indent=2, default=str))
+    else:
+        print(format_run(detail))
+    if args.open:
+        if not detail.executed_notebook:
+            print("this run kept no executed notebook", file=sys.stderr)
+            return 1
+        import shutil
+        import subprocess
+
+        jupyter = shutil.which("jupyter")
+        if jupyter:
+            return subprocess.call([jupyter, "lab", detail.executed_notebook])
+        import webbrowser
+
+        webbrowser.open((detail.executed_html and Path(detail.executed_html).as_uri())
+                        or Path(detail.executed_notebook).as_uri())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dagster-bento", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -302,6 +350,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("project_dir", nargs="?", default=".")
     p.add_argument("--run-root", default=None, help="parent of the run directories (default: the project's)")
     p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("runs", help="recent runs from the Dagster instance (DAGSTER_HOME): status, schedule, "
+                                    "partition, start, duration, failing cell")
+    p.add_argument("notebook_or_schedule", nargs="?", default=None,
+                   help="a notebook (path, file name or stem) or a schedule entry name")
+    p.add_argument("--failed", action="store_true", help="failed runs only")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+    p = sub.add_parser("show", help="one run: the failing cell's source, error and traceback, inputs with row "
+                                    "counts and tables, outputs, kept notebook, HTML and run page")
+    p.add_argument("run_id", help="a run id or a unique prefix of one (as `runs` prints it)")
+    p.add_argument("--project-dir", default=None, help="the project (default: found from the current directory)")
+    p.add_argument("--webserver-url", default=None,
+                   help="Dagster UI base URL for the run page (default: bento.yaml notifications.webserver_url, "
+                        "else http://127.0.0.1:3000)")
+    p.add_argument("--open", action="store_true", help="open the kept notebook (jupyter lab, else the browser)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -73,8 +73,6 @@ def project(tmp_path: Path, tables=None, **spec) -> tuple[Path, str, Path]:
     return tmp_path, url, nb
 
 
-@pytest.mark.xfail(strict=True, reason="dagster_bento/__init__.py does not yet re-export the hooks of "
-                                       "dagster_bento.ipython (the lead adds them; then drop this marker)")
 def test_load_ext_dagster_bento_registers_the_magics():
     from IPython.core.interactiveshell import InteractiveShell
 
