@@ -164,6 +164,10 @@ def _escape_probes(p: dict[str, object]) -> dict[str, str]:
     def body(name: str, code: str) -> str:
         return f"def _attempt():\n{code}\nprobe({name!r}, _attempt)"
 
+    if "stubs" not in p:  # the stand-ins of BWRAP's mounts (callers with other binds pass their own)
+        fake_run = Path("/bento-run")
+        p = {**p, "stubs": _mount_point_stubs(bwrap_args(BWRAP, fake_run, fake_run / sandbox.STATE_DIR_NAME))}
+
     return {
         "tcp_host_loopback_http": body(
             "tcp_host_loopback_http",
