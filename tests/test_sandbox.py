@@ -628,6 +628,47 @@ def test_config_validation() -> None:
         SandboxConfig(max_file_mb=-1)
     with pytest.raises(ValueError, match="extra_ro_binds"):
         SandboxConfig(extra_ro_binds=("relative/path",))
+    with pytest.raises(ValueError, match="shm_size_mb"):
+        SandboxConfig(shm_size_mb=0)
+    with pytest.raises(ValueError, match="max_processes"):
+        SandboxConfig(max_processes=0)
+    with pytest.raises(ValueError, match="resource_limits"):
+        SandboxConfig(resource_limits="ulimit")  # type: ignore[arg-type]
+
+
+def test_limit_plan_per_mode() -> None:
+    """With a cgroup the memory limit is the cgroup's and /tmp, /dev/shm keep their sizes (counted in
+    it); with rlimits /tmp and /dev/shm are carved out of the limit and RLIMIT_DATA gets the rest."""
+    mib = 1024 * 1024
+    config = SandboxConfig(backend="bwrap", memory_limit_mb=4096, tmp_size_mb=1024, shm_size_mb=64)
+    cg = sandbox.limit_plan(config, cgroup=sandbox.CgroupHost(1))
+    assert (cg.memory, cg.data, cg.tmp, cg.shm, cg.tasks) == (4096 * mib, None, 1024 * mib, 64 * mib, 1024)
+    rl = sandbox.limit_plan(config, cgroup=None)
+    assert (rl.memory, rl.tmp, rl.shm) == (None, 1024 * mib, 64 * mib) and rl.data == (4096 - 1024 - 64) * mib
+    small = sandbox.limit_plan(dataclasses.replace(config, memory_limit_mb=800, tmp_size_mb=None), cgroup=None)
+    assert small.tmp == 200 * mib and small.shm == 50 * mib and small.data == 550 * mib
+    # rlimit mode refuses shared anonymous memory, SysV shm and memfd (nothing would count them)
+    assert sandbox.seccomp_filter(count_shared_memory=False) != sandbox.seccomp_filter(count_shared_memory=True)
+
+
+def test_launcher_script_creates_and_joins_the_kernels_cgroup() -> None:
+    mib = 1024 * 1024
+    v1 = sandbox.limit_plan(SandboxConfig(memory_limit_mb=512, max_processes=64), cgroup=sandbox.CgroupHost(1))
+    script = sandbox._launcher_script(v1, seccomp=True)
+    assert "set -e" in script and f"echo {512 * mib} > \"$m/memory.limit_in_bytes\"" in script
+    assert 'echo 64 > "$q/pids.max"' in script and 'echo $$ > "$m/cgroup.procs"' in script
+    assert script.rstrip().endswith('exec "$@" 3<"$f"')
+    v2 = sandbox.limit_plan(SandboxConfig(memory_limit_mb=512, max_processes=64),
+                            cgroup=sandbox.CgroupHost(2, "/sys/fs/cgroup/bento parent"))
+    script = sandbox._launcher_script(v2, seccomp=True)
+    assert "d='/sys/fs/cgroup/bento parent'/bento-$$" in script
+    for line in (f'echo {512 * mib} > "$d/memory.max"', 'echo 64 > "$d/pids.max"', 'echo $$ > "$d/cgroup.procs"'):
+        assert line in script
+    assert "cgroup" not in sandbox._launcher_script(sandbox.limit_plan(SandboxConfig(), cgroup=None), seccomp=True)
+    for plan in (v1, v2):  # the shell accepts both scripts
+        check = subprocess.run([sandbox._program("sh"), "-n", "-c", sandbox._launcher_script(plan, seccomp=True)],
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
 
 
 def test_missing_extra_bind_is_unavailable() -> None:

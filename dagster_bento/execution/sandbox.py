@@ -933,9 +933,10 @@ def _limit_prefix(config: SandboxConfig) -> list[str]:
         # RLIMIT_FSIZE: a write past the limit fails with EFBIG ("File too large"); Python ignores
         # SIGXFSZ, so the notebook gets an OSError instead of being killed.
         limits.append(f"--fsize={plan.fsize}")
-    if plan.tasks is not None:
-        # RLIMIT_NPROC counts the uid's tasks in the sandbox's user namespace; it does not bind uid 0
-        # (the kernel when the orchestrator is root): there the cgroup's pids.max does.
+    if plan.tasks is not None and config.backend == "bwrap":
+        # RLIMIT_NPROC counts the uid's tasks in the sandbox's user namespace (unsandboxed, all of the
+        # user's processes: not for backend none); it does not bind uid 0 (the kernel when the
+        # orchestrator is root): there the cgroup's pids.max does.
         limits.append(f"--nproc={plan.tasks}")
     if not limits:
         return []
@@ -1342,6 +1343,8 @@ def execute_notebook(
 
 def _describe_run(config: SandboxConfig, label: str) -> str:
     memory = f"{config.memory_limit_mb} MB" if config.memory_limit_mb is not None else "none"
+    if config.backend == "bwrap" and config.memory_limit_mb is not None:
+        memory += " by a cgroup" if limit_plan(config).cgroup is not None else " by rlimits"
     cell = f", {config.cell_timeout_s:g} s per cell" if config.cell_timeout_s is not None else ""
     return (
         f"executing {label} in a {config.backend} sandbox (memory limit {memory}, "
