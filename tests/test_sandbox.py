@@ -464,7 +464,7 @@ def test_memory_limit(run_dir: Path) -> None:
 def test_kernel_that_cannot_start_fails_with_its_output(run_dir: Path) -> None:
     config = SandboxConfig(backend="bwrap", timeout_s=60, memory_limit_mb=20)
     if sandbox.limit_plan(config).cgroup is None:  # rlimits: refused before anything starts
-        with pytest.raises(DagsterBentoSandboxUnavailableError, match="memory_limit_mb: 20 is too low"):
+        with pytest.raises(DagsterBentoSandboxUnavailableError, match=r"memory limit of 20 MB \(memory_limit_mb\)"):
             execute_notebook(_nb("print(1)"), run_dir=run_dir, config=config, notebook_label="tiny.ipynb")
     else:
         with pytest.raises(DagsterBentoKernelDiedError) as info:

@@ -539,9 +539,10 @@ def _check_limits(config: SandboxConfig) -> LimitPlan | None:
     if plan.data is not None and plan.data < MIN_RLIMIT_DATA_MB * 1024 * 1024:
         floor = _min_rlimit_memory_mb(config)
         raise DagsterBentoSandboxUnavailableError(
-            f"memory_limit_mb: {config.memory_limit_mb} is too low where it is enforced with rlimits "
-            f"(no cgroup for the kernel, SandboxConfig.resource_limits={config.resource_limits!r}): after /tmp and "
-            f"/dev/shm, the kernel would have less than {MIN_RLIMIT_DATA_MB} MB for its own data, and "
+            f"The memory limit of {config.memory_limit_mb} MB (memory_limit_mb) is too low where it is "
+            f"enforced with rlimits (no cgroup for the kernel, SandboxConfig.resource_limits="
+            f"{config.resource_limits!r}): after /tmp and /dev/shm, the kernel would have less than "
+            f"{MIN_RLIMIT_DATA_MB} MB for its own data, and "
             "pandas/pyarrow then hang instead of failing. "
             f"Set memory_limit_mb to at least {floor}, or run where the kernel can get a cgroup "
             f"(see ${CGROUP_PARENT_ENV})."

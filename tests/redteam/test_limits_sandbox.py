@@ -268,7 +268,7 @@ def test_low_memory_limit_fails_at_once_or_works(run_dir: Path, mode: str) -> No
     nb = _nb("import pandas as pd", "df = pd.read_parquet('x.parquet', dtype_backend='pyarrow')\nprint(len(df))")
     start = time.monotonic()
     if mode == "rlimit":
-        with pytest.raises(DagsterBentoSandboxUnavailableError, match=r"memory_limit_mb: 256 is too low"):
+        with pytest.raises(DagsterBentoSandboxUnavailableError, match=r"memory limit of 256 MB \(memory_limit_mb\)"):
             execute_notebook(nb, run_dir=run_dir, config=config, notebook_label="low.ipynb")
         assert time.monotonic() - start < 5
         return
@@ -282,7 +282,7 @@ def test_rlimit_floor_message_names_the_limit_and_the_minimum() -> None:
     with pytest.raises(DagsterBentoSandboxUnavailableError) as info:
         sandbox.check_sandbox_available(config)
     floor = sandbox._min_rlimit_memory_mb(config)
-    assert f"memory_limit_mb: 256" in str(info.value) and f"at least {floor}" in str(info.value)
+    assert "memory limit of 256 MB" in str(info.value) and f"at least {floor}" in str(info.value)
     plan = sandbox.limit_plan(SandboxConfig(backend="bwrap", memory_limit_mb=floor, resource_limits="rlimit"))
     assert plan.data is not None and plan.data >= sandbox.MIN_RLIMIT_DATA_MB * MIB
     # /tmp, /dev/shm and the data rlimit together stay within the memory limit
@@ -365,7 +365,7 @@ def test_spec_with_a_low_memory_limit_runs_or_is_refused_at_once(tmp_path: Path)
         else:
             assert not result.success
             failure = next(e for e in result.all_events if e.is_failure)
-            assert "memory_limit_mb: 256 is too low" in str(failure.event_specific_data.error.message)
+            assert "memory limit of 256 MB (memory_limit_mb)" in str(failure.event_specific_data.error.message)
         assert elapsed < 30
     finally:
         te._RUN_ROOT.remove(root)
