@@ -470,3 +470,25 @@ def test_slow_fetch_is_cancelled_at_the_time_limit_and_releases_the_warehouse(tm
     assert "notebooks/slow_sql.ipynb" in str(info.value)
     with _file_lock(Path(str(tmp_path / "wh.duckdb") + ".bento.lock"), exclusive=True, timeout=1):
         pass  # no fetch holds the warehouse any more
+
+
+def test_write_cell_keeps_a_named_index_and_refuses_one_it_would_lose(tmp_path, clean_run_dirs):
+    """A new user's counts per weekday: the weekday names are the index. They land as a column; an unnamed
+    label index is refused by the write cell, naming notebook, cell and fix."""
+    url = seed_duckdb(tmp_path / "wh.duckdb", "CREATE SCHEMA raw; CREATE TABLE raw.events AS SELECT * FROM "
+                      "(VALUES ('Mon', 1), ('Tue', 2), ('Mon', 3)) AS t(weekday, n);")
+    write_policy(tmp_path, {"raw.events": ["ANALYTICS"]})
+    add_notebook(tmp_path, "per_weekday", [sql_cell("events", "SELECT weekday, n FROM raw.events"),
+                                           code("counts = events.groupby('weekday')['n'].count().to_frame('events')"),
+                                           write_cell("counts", "mart.per_weekday")])
+    run(tmp_path, url)
+    assert query(url, "SELECT weekday, events FROM mart.per_weekday ORDER BY 1") == [("Mon", 2), ("Tue", 1)]
+    add_notebook(tmp_path, "unnamed", [sql_cell("events", "SELECT weekday, n FROM raw.events"),
+                                       code("labels = events.set_index('weekday').rename_axis(None)"),
+                                       write_cell("labels", "mart.unnamed")])
+    with pytest.raises(DagsterBentoCellError) as info:
+        run(tmp_path, url, select="unnamed")
+    message = str(info.value)
+    assert "notebooks/unnamed.ipynb: cell 2" in message and "mart.unnamed" in message
+    assert "labels = labels.rename_axis('<name>')" in message and "reset_index(drop=True)" in message
+    assert query(url, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'unnamed'") == [(0,)]

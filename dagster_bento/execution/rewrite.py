@@ -108,11 +108,14 @@ def _bento_write_csv(df, path, name="df"):
 
 _PARQUET_HELPERS = '''\
 def _bento_write_parquet(df, path, name="df"):
-    """df.to_parquet, with row groups DuckDB reads in parallel, dictionaries only for strings and no
-    compression (a file that lives for one run on local disk)."""
-    import pyarrow as pa, pyarrow.parquet as pq
+    """df.to_parquet, with row groups DuckDB reads in parallel, dictionaries only for strings that repeat
+    (the orchestrator then counts them without decoding; unique ones are written plain) and no compression
+    (a file that lives for one run on local disk)."""
+    import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
     table = _bento_table(df, path, name)
-    strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    sample = table.slice(0, 10_000)  # counting distinct values of a whole unique column costs seconds
+    strings = [f.name for f in table.schema if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+               and pc.count_distinct(sample.column(f.name)).as_py() * 2 <= sample.num_rows]
     pq.write_table(table, path, row_group_size=122_880, use_dictionary=strings or False, compression="none")
 '''
 

@@ -39,7 +39,13 @@ from dagster_bento.notebook import parse_notebook_node
 from dagster_bento.project import POLICY_FILE, resolve_job
 from dagster_bento.spec import BentoJob
 from dagster_bento.translator import META, DagsterBentoTranslator, column_lineage_for
-from dagster_bento.warehouse import UploadRequest, Warehouse, warehouse_from_url
+from dagster_bento.warehouse import (
+    DEFAULT_MAX_DECODED_BYTES,
+    UploadRequest,
+    Warehouse,
+    describe_output,
+    warehouse_from_url,
+)
 
 
 @dataclasses.dataclass
@@ -150,7 +156,8 @@ class BentoInvocation:
                         stop_fetch.set()  # after a successful execution every SQL cell has waited for it
                         concurrent.futures.wait([fetch])  # it writes into the run dir: never delete under it
                     fetched = fetch.result()
-                files = collect_outputs(job, run_dir, work_dir / "collected", fmt)
+                files = collect_outputs(job, run_dir, work_dir / "collected", fmt,
+                                        max_bytes=_limit(self.resource, "max_output_mb", DEFAULT_MAX_OUTPUT_BYTES))
             finally:
                 if lease is not None:
                     # the kernel is dead (execute_notebook kills it) and its outputs are copied out: the
@@ -158,8 +165,8 @@ class BentoInvocation:
                     lease.release(wait=False)
             if self.dry_run:
                 labels = self._check_writes(policy, job, warehouse, read_labels)
-                self.trial_outputs = [_describe_file(table, path, fmt, labels.get(table))
-                                      for table, path in files.items()]
+                self.trial_outputs = [_describe_file(request, labels.get(request.table), warehouse)
+                                      for request in self._requests(job, files, ds, fmt)]
                 return []
             labels = {}
 
@@ -342,13 +349,17 @@ class BentoInvocation:
             labels[cell.table] = label
         return labels
 
+    def _requests(self, job: BentoJob, files: Mapping[str, Path], ds: str, fmt: str) -> list[UploadRequest]:
+        max_decoded = _limit(self.resource, "max_output_decoded_mb", DEFAULT_MAX_DECODED_BYTES)
+        return [UploadRequest(table=c.table, path=files[c.table], mode=c.mode, partition_column=c.partition_column,
+                              partition_value=ds if c.mode == "overwrite_partition" else None,
+                              notebook=job.notebook_path, cell=c.index, fmt=fmt,  # type: ignore[arg-type]
+                              max_decoded_bytes=max_decoded)
+                for c in job.write_cells]
+
     def _upload(self, job: BentoJob, warehouse: Warehouse, files: Mapping[str, Path], check_labels: Any,
                 ds: str, fmt: str, timings: RunTimings) -> list[Any]:
-        requests = [UploadRequest(table=c.table, path=files[c.table], mode=c.mode,
-                                  partition_column=c.partition_column,
-                                  partition_value=ds if c.mode == "overwrite_partition" else None,
-                                  notebook=job.notebook_path, cell=c.index, fmt=fmt)  # type: ignore[arg-type]
-                    for c in job.write_cells]
+        requests = self._requests(job, files, ds, fmt)
         start = time.perf_counter()
         uploaded = warehouse.upload(requests, run_id=self.context.run_id, notebook=job.notebook_path,
                                     check_labels=check_labels)
@@ -387,12 +398,19 @@ class BentoInvocation:
         return LineageEmitter(config, dataset_namespace=_namespace(warehouse))
 
 
-def collect_outputs(job: BentoJob, run_dir: Path, dest: Path, fmt: str) -> dict[str, Path]:
+DEFAULT_MAX_OUTPUT_BYTES = 10 * 1024**3  # one output file on disk (bento.yaml: max_output_mb)
+_SPARSE_SLACK = 1024 * 1024  # allocation may trail the size a little (tail blocks, inline data): not a sparse file
+
+
+def collect_outputs(job: BentoJob, run_dir: Path, dest: Path, fmt: str, *,
+                    max_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> dict[str, Path]:
     """Copy each write cell's file out of the sandbox's directory into an orchestrator-private one.
 
     The notebook controls everything under ``run_dir``: files are opened without following symbolic
     links (``O_NOFOLLOW``, relative to a directory opened the same way), must be regular files, and are
-    copied, so nothing the upload reads can be swapped afterwards.
+    copied, so nothing the upload reads can be swapped afterwards. Each file is judged before a byte is
+    copied: larger than ``max_bytes``, or sparse (fewer blocks allocated than its size says: copying
+    it would write its holes out as real disk), it is refused.
     """
     try:
         out_fd = os.open(run_dir / "outputs", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -405,14 +423,15 @@ def collect_outputs(job: BentoJob, run_dir: Path, dest: Path, fmt: str) -> dict[
         for cell in job.write_cells:
             name = output_path(cell.table, fmt).removeprefix("outputs/")
             for part in [name, *([name + ".schema.json"] if fmt == "csv" else [])]:
-                _copy_regular_file(out_fd, part, dest / part, job, cell)
+                _copy_regular_file(out_fd, part, dest / part, job, cell, max_bytes)
             files[cell.table] = dest / name
     finally:
         os.close(out_fd)
     return files
 
 
-def _copy_regular_file(dir_fd: int, name: str, target: Path, job: BentoJob, cell: Any) -> None:
+def _copy_regular_file(dir_fd: int, name: str, target: Path, job: BentoJob, cell: Any,
+                       max_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> None:
     where = dict(notebook=job.notebook_path, cell=cell.index)
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
@@ -431,44 +450,64 @@ def _copy_regular_file(dir_fd: int, name: str, target: Path, job: BentoJob, cell
             raise DagsterBentoOutputError(
                 f"write cell {cell.index} of {job.notebook_path}: outputs/{name} is not a regular file; the "
                 "notebook must not replace what write cells write", **where)
+        _judge_size(info, name, job, cell, max_bytes)
         with open(target, "wb") as dst:
             _copy_contents(src.fileno(), dst.fileno(), info.st_size)
+        if os.fstat(src.fileno()).st_size != info.st_size:
+            raise DagsterBentoOutputError(
+                f"write cell {cell.index} of {job.notebook_path}: outputs/{name} changed size while it was copied; "
+                "nothing may write to the outputs after the notebook ends", **where)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:,.1f} MiB"
+
+
+def _judge_size(info: os.stat_result, name: str, job: BentoJob, cell: Any, max_bytes: int) -> None:
+    """Refuse an output that is too large, or sparse, before anything is copied."""
+    where = dict(notebook=job.notebook_path, cell=cell.index)
+    if info.st_size > max_bytes:
+        raise DagsterBentoOutputError(
+            f"write cell {cell.index} of {job.notebook_path}: outputs/{name} is {_mib(info.st_size)}, more than the "
+            f"{_mib(max_bytes)} an output may be (max_output_mb in bento.yaml); nothing was copied or written. "
+            "Write fewer rows or columns (aggregate in the notebook), or raise the limit", **where)
+    allocated = info.st_blocks * 512
+    if info.st_size - allocated > max(_SPARSE_SLACK, info.st_size // 2):
+        raise DagsterBentoOutputError(
+            f"write cell {cell.index} of {job.notebook_path}: outputs/{name} is a sparse file ({_mib(info.st_size)} "
+            f"long, {_mib(allocated)} on disk); write cells write ordinary files, and copying its holes would fill "
+            "the disk. Nothing was copied or written; let the write cell write the file", **where)
 
 
 def _copy_contents(src: int, dst: int, size: int) -> None:
-    """Copy ``size`` bytes between file descriptors inside the kernel (copy_file_range), falling back to
-    read/write where the file systems cannot."""
+    """Copy exactly ``size`` bytes between file descriptors inside the kernel (copy_file_range), falling back
+    to read/write where the file systems cannot. Never more: the size was judged before."""
     copied = 0
     try:
         while copied < size and (n := os.copy_file_range(src, dst, size - copied)):
             copied += n
     except OSError:  # EXDEV on old kernels, EINVAL/ENOSYS on some file systems: copy the rest by hand
         pass
-    if copied < size or os.fstat(src).st_size != copied:
+    if copied < size:
         os.lseek(src, copied, os.SEEK_SET)
         os.lseek(dst, copied, os.SEEK_SET)
-        while chunk := os.read(src, 1024 * 1024):
+        while copied < size and (chunk := os.read(src, min(1024 * 1024, size - copied))):
             os.write(dst, chunk)
+            copied += len(chunk)
 
 
-def _describe_file(table: str, path: Path, fmt: str, label: frozenset[str] | None) -> dict[str, Any]:
-    if fmt == "csv":
-        from dagster_bento.warehouse import read_csv_sidecar, read_csv_with_schema
+def _describe_file(request: UploadRequest, label: frozenset[str] | None, warehouse: Warehouse) -> dict[str, Any]:
+    """A trial output's rows and columns, judged exactly as the upload would judge it (nothing is written)."""
+    rows, schema = describe_output(request, default_schema=getattr(warehouse, "default_schema", "main"),
+                                   table_columns=warehouse.table_columns)
+    return {"table": request.table, "rows": rows, "columns": {f.name: str(f.type) for f in schema},
+            "label": sorted(label) if label is not None else None}
 
-        table_data = read_csv_with_schema(path, read_csv_sidecar(path))
-        rows, columns = table_data.num_rows, {f.name: str(f.type) for f in table_data.schema}
-    elif fmt == "arrow":
-        import pyarrow as pa
 
-        table_data = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
-        rows, columns = table_data.num_rows, {f.name: str(f.type) for f in table_data.schema}
-    else:
-        import pyarrow.parquet as pq
-
-        meta = pq.read_metadata(path)
-        rows = meta.num_rows
-        columns = {f.name: str(f.type) for f in meta.schema.to_arrow_schema()}
-    return {"table": table, "rows": rows, "columns": columns, "label": sorted(label) if label is not None else None}
+def _limit(resource: Any, field: str, default: int) -> int:
+    """A size limit in bytes from the resource's ``<field>`` (MiB), when it has one."""
+    value = getattr(resource, field, None)
+    return int(value * 1024 * 1024) if isinstance(value, (int, float)) and value > 0 else default
 
 
 def _namespace(warehouse: Warehouse) -> str:
