@@ -143,9 +143,9 @@ class BentoInvocation:
             try:
                 # The kernel is already starting (BentoResource.run started it) or running (from the
                 # pool); it runs the cells before the first SQL cell while the orchestrator fetches, and
-                # a SQL cell's read line waits for the fetch.
-                # The run's time limit covers the fetch: its queries are cancelled at the deadline, and as soon
-                # as the notebook ends or fails (e.g. timed out waiting for them), releasing their locks.
+                # a SQL cell's read line waits for the fetch. The run's time limit covers the fetch: its
+                # queries are cancelled at the deadline, and as soon as the notebook ends or fails (e.g. timed
+                # out waiting for them), releasing their locks.
                 stop_fetch = threading.Event()
                 deadline = time.monotonic() + config.timeout_s
                 with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bento-fetch") as pool:
