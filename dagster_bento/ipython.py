@@ -54,9 +54,9 @@ from pathlib import Path
 from typing import Any
 
 from dagster_bento.errors import DagsterBentoError
+from dagster_bento.redact import redact_url
 
 __all__ = [
-    "BentoMagics",
     "DagsterBentoInteractiveError",
     "strip_session_magics",
     "SqlCellResult",
@@ -71,25 +71,7 @@ DEV_SCHEMA_PREFIX = "dev_"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-# Lines that only configure this extension in an interactive session. A scheduled run has no use for
-# them (and its sandbox cannot import dagster_bento): `strip_session_magics` comments them out.
-_SESSION_MAGIC = re.compile(
-    r"^\s*%(?:(?:re)?load_ext\s+dagster_bento(?:\.ipython)?|unload_ext\s+dagster_bento(?:\.ipython)?"
-    r"|bento_zone\b|bento_notebook\b|bento_status\b)[^\n]*$")
-
-
-def strip_session_magics(source: str) -> str:
-    """The cell's source with this extension's session lines (``%load_ext dagster_bento``, ``%bento_zone Z``,
-    ``%bento_notebook P``, ``%bento_status``) replaced by ``pass`` with the line as a comment, for the rewrite of a scheduled run. Other lines
-    are left as they are; a cell without such lines is returned unchanged."""
-    lines = source.split("\n")
-    out = []
-    for line in lines:
-        if _SESSION_MAGIC.match(line):  # `pass` keeps an enclosing block valid
-            indent = line[: len(line) - len(line.lstrip())]
-            line = f"{indent}pass  # {line.strip()}  (interactive only: dagster-bento)"
-        out.append(line)
-    return "\n".join(out)
+from dagster_bento.execution.rewrite import strip_session_magics  # noqa: E402,F401 (re-exported)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,7 +365,6 @@ class _Context:
         from dagster_bento.notebook import parse_notebook
         from dagster_bento.project import project_settings
         from dagster_bento.spec import load_schedule_spec, spec_path_for
-        from dagster_bento.warehouse import _parse_url
 
         project_dir = magics.project_dir()
         config, policy, default_schema, dialect, problems = project_settings(project_dir)
@@ -412,7 +393,7 @@ class _Context:
         url = resolve_warehouse_url(project_dir, config.warehouse_url, None)
         fmt = (spec.data_format if spec is not None and spec.data_format else None) or config.data_format
         return cls(project_dir, nb, display, name, spec, parsed, policy, zone, default_schema, dialect, url, fmt,
-                   _parse_url(url).render_as_string(hide_password=True))
+                   redact_url(url))
 
     def cell_index(self, magics: Any, source: str) -> tuple[int | None, Any]:
         """(index, saved cell) of the cell with this source in the saved notebook, when exactly one matches."""

@@ -41,7 +41,7 @@ RESERVED_SCHEMAS = frozenset({"bento_meta", "information_schema", "pg_catalog", 
 STATIC_DS = "2000-01-01"
 _CONFIG_KEYS = {"warehouse_url", "default_schema", "dialect", "artifacts_dir", "sandbox", "data_format",
                 "timeout_seconds", "memory_limit_mb", "lineage", "strict_zones", "notebooks_dir", "notifications",
-                "introspect_schema", "kernel_pool", "run_root", "max_output_bytes", "strict_loading"}
+                "introspect_schema", "kernel_pool", "run_root", "max_output_mb", "max_output_decoded_mb", "strict_loading"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,8 @@ class ProjectConfig:
     introspect_schema: bool = False  # read column names/types from the warehouse at load (for lineage)
     kernel_pool: str = "auto"  # pre-started kernels: auto (the project's pool if running), a socket path, off
     run_root: str | None = None  # parent of the per-run work directories (default: the system temp dir)
-    max_output_bytes: int | None = None  # largest output file a notebook may write (None: adapter default)
+    max_output_mb: int | None = None  # largest output file on disk (None: 10240)
+    max_output_decoded_mb: int | None = None  # largest output once decoded (None: 4096)
     strict_loading: bool = False  # any problem fails the whole code location (default: broken notebooks contained)
 
 
@@ -121,7 +122,8 @@ def load_config(project_dir: Path) -> tuple[ProjectConfig, list[Problem]]:
             del known[key]
     for key, kinds, what in (("timeout_seconds", (int, float), "a positive number of seconds"),
                              ("memory_limit_mb", (int,), "a positive whole number of MB"),
-                             ("max_output_bytes", (int,), "a positive whole number of bytes"),
+                             ("max_output_mb", (int,), "a positive whole number of MiB"),
+                             ("max_output_decoded_mb", (int,), "a positive whole number of MiB"),
                              ("run_root", (str,), "a directory path"),
                              ("strict_loading", (bool,), "true or false"),
                              ("strict_zones", (bool,), "true or false")):

@@ -39,7 +39,8 @@ OPERATOR_FIELDS: Mapping[str, str] = {
     "lineage_url": "bento.yaml `lineage.url` or BENTO_LINEAGE_URL",
     "lineage_file": "bento.yaml `lineage.file`",
     "kernel_pool": "bento.yaml `kernel_pool` or BENTO_KERNEL_POOL",
-    "max_output_bytes": "bento.yaml `max_output_bytes`",
+    "max_output_mb": "bento.yaml `max_output_mb`",
+    "max_output_decoded_mb": "bento.yaml `max_output_decoded_mb`",
     "timeout_seconds": "bento.yaml `timeout_seconds` or a notebook's spec",
     "memory_limit_mb": "bento.yaml `memory_limit_mb` or a notebook's spec",
 }
@@ -80,9 +81,11 @@ class BentoResource(pydantic.BaseModel):
                              description="Pre-started kernels (`dagster-bento kernel-pool`): 'auto' uses the "
                                          "project's pool if one is running, a socket path uses that pool, "
                                          "'off' always starts a kernel per run.")
-    max_output_bytes: int | None = Field(default=None,
-                                         description="Largest output file a notebook may write (declared and "
-                                                     "decoded); None: the warehouse adapter's default.")
+    max_output_mb: int | None = Field(default=None, description="Largest output file on disk, MiB (default 10240); "
+                                                                "larger or sparse files are refused before copying.")
+    max_output_decoded_mb: int | None = Field(default=None,
+                                              description="Largest output once decoded, MiB (default 4096); judged "
+                                                          "from the file before decoding.")
     # Caps set by run config (narrowing only): applied after the spec's own limits.
     run_timeout_cap: float | None = Field(default=None, description="Run config: a shorter time limit.")
     run_memory_cap_mb: int | None = Field(default=None, description="Run config: a lower memory limit.")
@@ -153,8 +156,8 @@ class BentoResource(pydantic.BaseModel):
             lineage_file=lineage.get("file"),
             kernel_pool=os.environ.get("BENTO_KERNEL_POOL", str(config.kernel_pool)),
             run_root=_project_path(project.project_dir, os.environ.get("BENTO_RUN_ROOT") or config.run_root),
-            docker_image=getattr(config, "docker_image", None),
-            max_output_bytes=getattr(config, "max_output_bytes", None),
+            docker_image=getattr(config, "docker_image", None),  # bento.yaml has no docker_image yet (issue 16)
+            max_output_mb=config.max_output_mb, max_output_decoded_mb=config.max_output_decoded_mb,
         )
 
     @property

@@ -95,6 +95,7 @@ from sqlglot.errors import SqlglotError
 from sqlglot.tokens import TokenType
 
 from dagster_bento import tables as _tables
+from dagster_bento.redact import redact_url
 from dagster_bento.errors import (
     DagsterBentoError,
     DagsterBentoFetchError,
@@ -272,7 +273,7 @@ def warehouse_from_url(url: str) -> Warehouse:
     if factory is None:
         known = ", ".join(sorted(_FACTORIES))
         raise ValueError(
-            f"No warehouse is registered for URL scheme {scheme!r} (in {parsed.render_as_string(hide_password=True)}). "
+            f"No warehouse is registered for URL scheme {scheme!r} (in {redact_url(url)}). "
             f"Known schemes: {known}. Use one of them, or call "
             "dagster_bento.warehouse.register_warehouse(scheme, factory) first."
         )
@@ -1488,7 +1489,7 @@ class DuckDBWarehouse(Warehouse):
         else:
             self.path = Path(database).expanduser().absolute()
         default_url = f"duckdb:///{self.path}" if self.path else "duckdb:///:memory:"
-        self.url = _parse_url(url).render_as_string(hide_password=True) if url else default_url
+        self.url = redact_url(url) if url else default_url  # shown in errors and lineage: no credentials
 
     @classmethod
     def from_url(cls, url: str) -> "DuckDBWarehouse":
@@ -1855,7 +1856,7 @@ class PostgresWarehouse(Warehouse):
     def __init__(self, url: str, *, fetch_role: str | None = None):
         parsed = _parse_url(url)
         if _SCHEME_ALIASES.get(parsed.get_backend_name(), parsed.get_backend_name()) != "postgresql":
-            raise ValueError(f"{parsed.render_as_string(hide_password=True)} is not a postgresql:// URL")
+            raise ValueError(f"{redact_url(url)} is not a postgresql:// URL")
         from_url = parsed.query.get(self.FETCH_ROLE_PARAMETER)
         if isinstance(from_url, tuple):
             from_url = from_url[-1]
@@ -1863,7 +1864,7 @@ class PostgresWarehouse(Warehouse):
         # libpq does not know the parameter: it must not reach the connection string.
         conninfo = parsed.difference_update_query([self.FETCH_ROLE_PARAMETER]).set(drivername="postgresql")
         self._uri = conninfo.render_as_string(hide_password=False)
-        self.url = parsed.render_as_string(hide_password=True)
+        self.url = redact_url(url)  # shown in errors and lineage: no credentials, whatever the URL form
         self._meta_ready = False
 
     @classmethod

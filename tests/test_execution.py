@@ -18,6 +18,7 @@ from dagster_bento import (
     BentoResource,
     DagsterBentoCellError,
     DagsterBentoKernelDiedError,
+    DagsterBentoSandboxUnavailableError,
     DagsterBentoPolicyError,
     DagsterBentoTimeoutError,
     build_bento_definitions,
@@ -261,11 +262,14 @@ def test_kernel_that_cannot_start_is_reported(tmp_path, clean_run_dirs):
     url = seed_duckdb(tmp_path / "wh.duckdb")
     write_policy(tmp_path, {"raw.types": ["ANALYTICS"]})
     add_notebook(tmp_path, "tiny", [sql_cell("df", "SELECT * FROM raw.types"), write_cell("df", "mart.never")])
-    with pytest.raises(DagsterBentoKernelDiedError) as info:
+    with pytest.raises((DagsterBentoKernelDiedError, DagsterBentoSandboxUnavailableError)) as info:
         run(tmp_path, url, memory_limit_mb=20)  # the operator's setting (a spec may not go below 128)
     message = str(info.value)
-    assert "notebooks/tiny.ipynb" in message and "during startup" in message and "20 MB" in message
-    assert "MemoryError" in message  # the kernel's stderr, quoted
+    assert "notebooks/tiny.ipynb" in message and "20 MB" in message
+    if isinstance(info.value, DagsterBentoKernelDiedError):  # cgroup: killed at start-up
+        assert "during startup" in message and "memory limit of 20 MB" in message
+    else:  # rlimits: refused before the kernel starts
+        assert "memory limit of 20 MB (memory_limit_mb)" in message
     assert query(url, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'never'") == [(0,)]
 
 

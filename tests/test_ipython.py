@@ -397,8 +397,6 @@ def test_strip_session_magics_for_the_scheduled_rewrite():
 
 
 @pytest.mark.kernel
-@pytest.mark.xfail(strict=True, reason="the rewrite does not yet neutralise `%load_ext dagster_bento` "
-                                       "(rewrite.py must call ipython.strip_session_magics); see the report")
 def test_a_notebook_loading_the_extension_runs_on_schedule(tmp_path, clean_run_dirs):
     url = seed_duckdb(tmp_path / "wh.duckdb")
     write_policy(tmp_path, {"raw.types": ["ANALYTICS"]})

@@ -15,6 +15,7 @@ does not depend on where a run happens.
 """
 
 import copy
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -163,6 +164,27 @@ def _parameters_source(parameters: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# Lines that only configure this extension in an interactive session. A scheduled run has no use for
+# them (and its sandbox cannot import dagster_bento): `strip_session_magics` comments them out.
+_SESSION_MAGIC = re.compile(
+    r"^\s*%(?:(?:re)?load_ext\s+dagster_bento(?:\.ipython)?|unload_ext\s+dagster_bento(?:\.ipython)?"
+    r"|bento_zone\b|bento_notebook\b|bento_status\b)[^\n]*$")
+
+
+def strip_session_magics(source: str) -> str:
+    """The cell's source with this extension's session lines (``%load_ext dagster_bento``, ``%bento_zone Z``,
+    ``%bento_notebook P``, ``%bento_status``) replaced by ``pass`` with the line as a comment, for the rewrite of a scheduled run. Other lines
+    are left as they are; a cell without such lines is returned unchanged."""
+    lines = source.split("\n")
+    out = []
+    for line in lines:
+        if _SESSION_MAGIC.match(line):  # `pass` keeps an enclosing block valid
+            indent = line[: len(line) - len(line.lstrip())]
+            line = f"{indent}pass  # {line.strip()}  (interactive only: dagster-bento)"
+        out.append(line)
+    return "\n".join(out)
+
+
 def restore_original(nb: NotebookNode) -> NotebookNode:
     """Undo a previous rewrite: drop injected cells and put original sources back."""
     nb = copy.deepcopy(nb)
@@ -174,6 +196,8 @@ def restore_original(nb: NotebookNode) -> NotebookNode:
         meta = cell.get("metadata", {}).get(CELL_KEY)
         if isinstance(meta, dict) and "original_source" in meta:
             cell.source = meta.pop("original_source")
+            if not meta:
+                cell.metadata.pop(CELL_KEY)
         keep.append(cell)
     nb.cells = keep
     nb.metadata.pop("dagster_bento", None)
@@ -199,10 +223,14 @@ def rewrite_notebook(nb: NotebookNode, *, sql_cells: Sequence[tuple[int, str]],
         line = _write_line(var, output_path(table, fmt), fmt)
         _replace(nb.cells[index], line)
         rewritten.append({"cell": index, "kind": "write", "input": var, "table": table, "source": line})
-    for cell in nb.cells:
+    for index, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
+            if index not in {i for i, _v in sql_cells} | {i for i, _v, _t in write_cells}:
+                stripped = strip_session_magics(cell.source)  # the sandbox cannot import dagster_bento
+                if stripped != cell.source:
+                    _replace(cell, stripped)
     setup_src = "import pandas as _bento_pd  # injected by dagster-bento: the SQL/write cells below use it"
     setup_src += "\n\n" + _FRAME_HELPER + "\n\n" + _HELPERS[fmt]
     setup = nbformat.v4.new_code_cell(setup_src, metadata={"tags": [SETUP_TAG]})

@@ -13,8 +13,6 @@ import datetime as dt
 import hashlib
 import stat
 import os
-import shutil
-import tempfile
 import threading
 import time
 import traceback
@@ -31,12 +29,13 @@ from dagster_bento.errors import (
     DagsterBentoOutputError,
     DagsterBentoRunError,
 )
-from dagster_bento.execution import artifacts
+from dagster_bento.execution import artifacts, workdirs
 from dagster_bento.execution.pool import acquire_kernel
 from dagster_bento.execution.rewrite import input_path, original_index, output_path, rewrite_notebook
 from dagster_bento.lineage import LineageConfig, LineageDataset, LineageEmitter
 from dagster_bento.notebook import parse_notebook_node
 from dagster_bento.project import POLICY_FILE, resolve_job
+from dagster_bento.redact import redact_url
 from dagster_bento.spec import BentoJob
 from dagster_bento.translator import META, DagsterBentoTranslator, column_lineage_for
 from dagster_bento.warehouse import (
@@ -110,7 +109,14 @@ class BentoInvocation:
 
     def _ds(self) -> str:
         if self.job.spec.partitioned and self.context.has_partition_key:
-            return self.context.partition_key
+            key = self.context.partition_key
+            try:  # the partition key is rendered into SQL as {{ ds }}: only a real date passes
+                if dt.date.fromisoformat(key).isoformat() == key:
+                    return key
+            except (TypeError, ValueError):
+                pass
+            raise DagsterBentoRunError(f"partition key {key!r} is not a date (YYYY-MM-DD); a daily-partitioned "
+                                       "notebook runs only for real partitions", notebook=self.job.notebook_path)
         return dt.datetime.now(dt.timezone.utc).date().isoformat()
 
     def _run(self) -> list[dg.MaterializeResult]:
@@ -190,7 +196,7 @@ class BentoInvocation:
                 with contextlib.suppress(Exception):
                     lease.close()  # the pool starts the next kernel once this run no longer needs the CPU
             if work_dir is not None:
-                shutil.rmtree(work_dir, ignore_errors=True)
+                self._work.remove()
             if warehouse is not None:
                 with contextlib.suppress(Exception):
                     warehouse.close()
@@ -234,13 +240,12 @@ class BentoInvocation:
 
     def _make_work_dir(self, run_id: str) -> Path:
         """A private (0700) work dir: ``nb/`` is bound into the sandbox, ``collected/`` is not."""
-        root = Path(self.resource.run_root) if self.resource.run_root else Path(tempfile.gettempdir())
-        root.mkdir(parents=True, exist_ok=True)
-        work_dir = Path(tempfile.mkdtemp(prefix=f"bento-{run_id[:8]}-", dir=root))
-        os.chmod(work_dir, 0o700)
-        for sub in ("nb", "nb/inputs", "nb/outputs", "collected"):
-            (work_dir / sub).mkdir()
-        return work_dir
+        root = workdirs.run_root(self.resource.run_root)
+        workdirs.sweep_in_background(root)  # directories of runs killed hard (SIGKILL, OOM) before this one
+        # The WorkDir holds the owner lock for the whole run: a sweep never deletes a live run's data.
+        self._work = workdirs.create(root, f"bento-{run_id[:8]}-",
+                                     subdirs=("nb", "nb/inputs", "nb/outputs", "collected"))
+        return self._work.path
 
     def _policy(self) -> Any:
         path = self.project_dir / POLICY_FILE
@@ -511,7 +516,7 @@ def _limit(resource: Any, field: str, default: int) -> int:
 
 
 def _namespace(warehouse: Warehouse) -> str:
-    return getattr(warehouse, "url", warehouse.kind)
+    return redact_url(getattr(warehouse, "url", None) or warehouse.kind)
 
 
 def _nominal(ds: str) -> str:

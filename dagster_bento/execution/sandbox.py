@@ -309,8 +309,8 @@ def _check_bwrap(config: SandboxConfig) -> None:
     if proc.returncode != 0:
         detail = (stderr or stdout).strip() or f"exit status {proc.returncode}"
         if plan.cgroup is not None and "cgroup" in detail:
-            detail += (f" (the kernel's cgroup could not be set up: set SandboxConfig.resource_limits='rlimit', "
-                       f"or fix the host's cgroup delegation)")
+            detail += (" (the kernel's cgroup could not be set up: set SandboxConfig.resource_limits='rlimit', "
+                       "or fix the host's cgroup delegation)")
         hint_list = _namespace_hints(detail)
         if "--size" in detail:
             hint_list.append(

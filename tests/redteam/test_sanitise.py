@@ -271,10 +271,6 @@ def test_a_real_run_keeps_an_inert_notebook(tmp_path):
 
 
 @pytest.mark.kernel
-@pytest.mark.xfail(strict=True, reason=(
-    "warehouse.py: Warehouse.url (DuckDBWarehouse/PostgresWarehouse __init__) masks only user:password@ "
-    "(SQLAlchemy render_as_string(hide_password=True)) and keeps ?password=, and it is put in the metadata of "
-    "DagsterBentoFetchError/UploadError: wrap it in dagster_bento.redact.redact_url, then remove this marker"))
 def test_no_credential_of_the_warehouse_url_reaches_lineage_events_metadata_or_logs(tmp_path, capfd, caplog):
     """A real run on PostgreSQL whose URL carries the password as a query parameter (trust auth ignores
     it): one run succeeds, one fails in its SQL cell. Neither the lineage file, nor any Dagster event
