@@ -39,7 +39,9 @@ class DagsterBentoTranslator:
     """Subclass and override `get_asset_spec` (call ``super()`` and ``.replace_attributes`` / ``.merge_attributes``)."""
 
     def get_asset_key(self, table: str) -> dg.AssetKey:
-        return dg.AssetKey(table.split("."))
+        from dagster_bento.tables import parts_of  # quoted parts (core."x.y") stay one part
+
+        return dg.AssetKey(parts_of(table))
 
     def get_asset_spec(self, props: BentoTableProps) -> dg.AssetSpec:
         key = self.get_asset_key(props.table)
