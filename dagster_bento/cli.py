@@ -151,6 +151,15 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    from dagster_bento.load import load_file
+
+    result = load_file(project_dir=Path(args.project_dir), file=Path(args.file), table=args.table, zone=args.zone,
+                       partition_column=args.partition_column, warehouse_url=args.warehouse_url)
+    print(result.summary())
+    return 0
+
+
 def cmd_schedule(args: argparse.Namespace) -> int:
     from dagster_bento.review import propose_schedule, write_spec
     from dagster_bento.spec import spec_path_for
@@ -314,6 +323,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("project_dir", nargs="?", default=".")
     p.add_argument("--warehouse-url", default=None)
     p.set_defaults(func=cmd_seed)
+    p = sub.add_parser("load", help="load a CSV or Parquet file into a table of the development warehouse, with "
+                                    "exact types, its purpose-zone label and a landing; adds the label to "
+                                    "purpose_zones.yaml for review")
+    p.add_argument("file", help="a .csv, .csv.gz or .parquet file (a CSV may have a <file>.schema.json sidecar)")
+    p.add_argument("table", help="schema.table to replace (or one partition of, with --partition-column)")
+    p.add_argument("--zone", default=None, help="the table's purpose zone (needed unless the policy declares it)")
+    p.add_argument("--partition-column", default=None,
+                   help="replace only the rows of the file's single value of this column (e.g. ds)")
+    p.add_argument("--project-dir", default=".")
+    p.add_argument("--warehouse-url", default=None)
+    p.set_defaults(func=cmd_load)
     p = sub.add_parser("schedule", help="propose scheduling a notebook: spec, pipeline preview and trial run, "
                                         "committed on a new git branch for review")
     p.add_argument("notebook")
