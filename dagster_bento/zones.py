@@ -273,6 +273,14 @@ def normalize_table_name(name: str, default_schema: str = "main", dialect: str |
     return tables.normalise(name, default_schema, dialect)
 
 
+def _dialect_name(dialect: str | None) -> str | None:
+    """``postgresql`` → ``postgres`` (the table-name module's spelling); other names pass lower-cased."""
+    if not dialect:
+        return None
+    name = dialect.strip().lower()
+    return "postgres" if name in ("postgres", "postgresql") else name
+
+
 def _normalize_key(key: str, default_schema: str, dialect: str | None = None) -> str:
     """A policy ``tables:`` key: a glob (``*`` or ``?``) is split on dots as is, else like a table name."""
     from dagster_bento import tables
@@ -399,7 +407,13 @@ class Reclassification:
 
 @dataclasses.dataclass(frozen=True)
 class PurposePolicy:
-    """The validated policy file. Table keys are normalised; exact names win over globs."""
+    """The validated policy file. Table keys are normalised; exact names win over globs.
+
+    ``default_dialect`` decides the identifier rules of table names (the policy file's ``default_dialect``,
+    else the project warehouse's): on ``postgres`` a quoted name keeps its case, so ``public."Salaries"`` and
+    ``public.salaries`` are two tables; without a dialect both spellings fold into one (see
+    :mod:`dagster_bento.tables`).
+    """
 
     zones: Mapping[str, Zone]
     tables: Mapping[str, frozenset[str] | None]  # exact names and globs; None = declared but unclassified
@@ -412,11 +426,14 @@ class PurposePolicy:
 
     def __post_init__(self) -> None:
         schema = self.default_schema.lower()
-        tables = {_normalize_key(k, schema): v for k, v in self.tables.items()}
+        dialect = _dialect_name(self.default_dialect)
+        tables = {_normalize_key(k, schema, dialect): v for k, v in self.tables.items()}
         reclassifications = tuple(
-            dataclasses.replace(r, output=normalize_table_name(r.output, schema)) for r in self.reclassifications
+            dataclasses.replace(r, output=normalize_table_name(r.output, schema, dialect))
+            for r in self.reclassifications
         )
         object.__setattr__(self, "default_schema", schema)
+        object.__setattr__(self, "default_dialect", dialect)
         object.__setattr__(self, "zones", types.MappingProxyType(dict(self.zones)))
         object.__setattr__(self, "tables", types.MappingProxyType(tables))
         object.__setattr__(self, "reclassifications", reclassifications)
@@ -427,7 +444,7 @@ class PurposePolicy:
         return PurePath(self.source).name or DEFAULT_POLICY_FILE
 
     def normalize(self, table: str) -> str:
-        return normalize_table_name(table, self.default_schema)
+        return normalize_table_name(table, self.default_schema, self.default_dialect)
 
     def declared_label(self, table: str) -> Label:
         """The YAML label: exact match first, then the most specific glob, else ``UNKNOWN``."""
@@ -471,9 +488,10 @@ class PurposePolicy:
         return None
 
 
-def empty_policy(default_schema: str = "main") -> PurposePolicy:
+def empty_policy(default_schema: str = "main", dialect: str | None = None) -> PurposePolicy:
     """A policy with no zones and no tables: every table is unknown, so every read is refused."""
-    return PurposePolicy(zones={}, tables={}, reclassifications=(), default_schema=default_schema)
+    return PurposePolicy(zones={}, tables={}, reclassifications=(), default_schema=default_schema,
+                         default_dialect=dialect)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -489,9 +507,10 @@ _RECLASS_KEYS: Final = ("notebook", "output", "drop", "justification", "approved
 class _PolicyReader:
     """Walks the composed YAML node tree so every problem carries its line number."""
 
-    def __init__(self, source: str, notebooks: Collection[str] | None):
+    def __init__(self, source: str, notebooks: Collection[str] | None, dialect: str | None = None):
         self.source = source
         self.notebooks = notebooks
+        self.dialect = _dialect_name(dialect)  # the warehouse's, unless the file sets default_dialect
         self.violations: list[ZoneViolation] = []
         self._constructor = SafeConstructor()
 
@@ -569,6 +588,7 @@ class _PolicyReader:
                 self.error(top["default_dialect"][1], "default_dialect must be a string")
             else:
                 dialect = value
+        self.dialect = _dialect_name(dialect) or self.dialect  # table names follow the warehouse's rules
         if "zones" not in top:
             self.error(root, "missing 'zones'", hint="declare at least one zone under `zones:`.")
         zones = self._zones(top["zones"][1]) if "zones" in top else {}
@@ -583,7 +603,7 @@ class _PolicyReader:
             tables=tables,
             reclassifications=reclassifications,
             default_schema=schema,
-            default_dialect=dialect,
+            default_dialect=self.dialect,
             source=self.source,
         )
 
@@ -646,7 +666,7 @@ class _PolicyReader:
         lines: dict[str, yaml.Node] = {}
         for key, (key_node, value_node) in self.mapping(node, "'tables'", None).items():
             try:
-                name = _normalize_key(key, schema)
+                name = _normalize_key(key, schema, self.dialect)
             except ValueError:
                 self.error(key_node, f"'{key}' is not a table name or pattern")
                 continue
@@ -703,7 +723,7 @@ class _PolicyReader:
             output = None
             if output_text is not None:
                 try:
-                    output = normalize_table_name(output_text, schema)
+                    output = normalize_table_name(output_text, schema, self.dialect)
                 except ValueError:
                     self.error(spec["output"][1], f"'{output_text}' is not a table name")
                 else:
@@ -757,8 +777,12 @@ def _policy_violation(
     )
 
 
-def load_policy(path: Path, *, notebooks: Collection[str] | None = None) -> PurposePolicy:
+def load_policy(path: Path, *, notebooks: Collection[str] | None = None, dialect: str | None = None
+                ) -> PurposePolicy:
     """Load and validate ``purpose_zones.yaml``.
+
+    ``dialect``: the project warehouse's, used for table names when the file sets no ``default_dialect``
+    (on PostgreSQL ``"Salaries"`` and ``salaries`` are two tables and the policy may label them differently).
 
     Every problem (YAML syntax, unknown keys, zones that do not permit themselves, unknown zones,
     conflicting globs, bad reclassifications) becomes a PZ009 violation; all of them are raised
@@ -782,7 +806,7 @@ def load_policy(path: Path, *, notebooks: Collection[str] | None = None) -> Purp
         raise PurposeZoneDefinitionError(
             [_policy_violation(source, f"invalid YAML: {problem}", line=line)]
         ) from err
-    reader = _PolicyReader(source, notebooks)
+    reader = _PolicyReader(source, notebooks, dialect)
     policy = reader.read(root)
     if policy is None:
         raise PurposeZoneDefinitionError(reader.violations)

@@ -1139,3 +1139,74 @@ def test_property_outputs_cover_everything_upstream(project: tuple[PurposePolicy
             store[table] = label
             assert label >= data[table]
             assert label <= computed[table]
+
+
+# --------------------------------------------------------------------------------------------------
+# Table names follow the warehouse's identifier rules (issue 10 item 2): on PostgreSQL a quoted name keeps
+# its case, so the policy can label "Salaries" and salaries differently.
+
+CASE_POLICY = """\
+version: 1
+default_schema: public
+zones:
+  HR: {permits: [HR]}
+  ANALYTICS: {permits: [ANALYTICS]}
+tables:
+  public."Salaries": {zones: [HR]}
+  public.salaries: {zones: [ANALYTICS]}
+reclassifications:
+  - {notebook: nb, output: 'public."Out"', drop: [HR], justification: j, approved_by: p}
+"""
+
+
+def test_postgres_policy_keeps_quoted_case(tmp_path: Path) -> None:
+    path = tmp_path / "purpose_zones.yaml"
+    path.write_text(CASE_POLICY)
+    own = tmp_path / "own_dialect.yaml"  # the file says so itself
+    own.write_text(CASE_POLICY.replace("version: 1\n", "version: 1\ndefault_dialect: postgres\n"))
+    for p in (load_policy(path, dialect="postgresql"), load_policy(own)):
+        assert p.default_dialect == "postgres"
+        assert p.declared_label('public."Salaries"') == fs("HR") and p.declared_label('"Salaries"') == fs("HR")
+        assert p.declared_label("salaries") == fs("ANALYTICS") and p.declared_label("SALARIES") == fs("ANALYTICS")
+        assert p.reclassifications[0].output == 'public."Out"'
+        assert p.reclassification_for("nb", '"Out"') is not None and p.reclassification_for("nb", "out") is None
+        # the constructor normalises with the dialect too (and again gives the same keys)
+        again = PurposePolicy(zones=p.zones, tables=p.tables, reclassifications=p.reclassifications,
+                              default_schema="public", default_dialect="postgres")
+        assert dict(again.tables) == dict(p.tables)
+
+
+def test_without_a_dialect_the_two_spellings_are_one_table(tmp_path: Path) -> None:
+    path = tmp_path / "purpose_zones.yaml"
+    path.write_text(CASE_POLICY)
+    with pytest.raises(PurposeZoneDefinitionError, match="declared twice"):
+        load_policy(path)  # DuckDB rules (and no dialect): both keys fold to public.salaries
+    with pytest.raises(PurposeZoneDefinitionError, match="declared twice"):
+        load_policy(path, dialect="duckdb")
+    # a file's own default_dialect wins over the warehouse's
+    path.write_text(CASE_POLICY.replace("version: 1\n", "version: 1\ndefault_dialect: duckdb\n"))
+    with pytest.raises(PurposeZoneDefinitionError, match="declared twice"):
+        load_policy(path, dialect="postgres")
+
+
+def test_postgres_case_through_dagster_bento_check(tmp_path: Path) -> None:
+    """The real command: the project's warehouse is PostgreSQL, the policy sets no dialect; an ANALYTICS
+    notebook reading "Salaries" (HR) is refused, reading salaries (ANALYTICS) passes."""
+    import subprocess
+    import sys
+
+    from tests.nbfactory import add_notebook, sql_cell, write_cell
+
+    (tmp_path / "bento.yaml").write_text("warehouse_url: postgresql://postgres@127.0.0.1:5432/test\n")
+    (tmp_path / "purpose_zones.yaml").write_text(
+        CASE_POLICY.split("reclassifications:")[0] + "  analytics.*: {zones: [ANALYTICS]}\n")
+    add_notebook(tmp_path, "quoted", [sql_cell("df", 'SELECT * FROM "Salaries"'), write_cell("df", "analytics.a")])
+    add_notebook(tmp_path, "bare", [sql_cell("df", "SELECT * FROM salaries"), write_cell("df", "analytics.b")])
+    out = subprocess.run([sys.executable, "-m", "dagster_bento.cli", "check", str(tmp_path), "--json", "--no-cache"],
+                         capture_output=True, text=True, timeout=120)
+    problems = json.loads(out.stdout)["problems"]
+    errors = [p for p in problems if p["severity"] == "error"]
+    assert out.returncode == 1, problems
+    assert ("notebooks/quoted.ipynb", 0, "PZ001", 'public."Salaries"') in [
+        (p["notebook"], p["cell"], p["code"], p["table"]) for p in errors], problems
+    assert {p["notebook"] for p in errors} == {"notebooks/quoted.ipynb"}, problems  # salaries: ANALYTICS, passes
