@@ -187,6 +187,9 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         for out in trial["outputs"]:
             print(f"  {out['table']}: {out['rows']} rows, {len(out['columns'])} columns")
     print("files: " + ", ".join(result.files))
+    if result.included:
+        print("also committed (uncommitted changes this schedule needs, for the reviewer to see): "
+              + ", ".join(result.included))
     if result.branch:
         print(f"committed {result.commit[:12]} on branch {result.branch}: push it and open a review "
               f"(git push -u origin {result.branch})")

@@ -44,6 +44,7 @@ class ReviewResult:
     commit: str | None
     files: list[str]
     trials: list[dict[str, Any]]
+    included: list[str] = dataclasses.field(default_factory=list)  # uncommitted files the schedule needed
 
 
 def write_spec(notebook: Path, *, owners: Sequence[str], zone: str, name: str, cron: str | None,
@@ -277,14 +278,35 @@ def propose_schedule(project_dir: Path, notebook: Path, *, warehouse_url: str | 
             f"committed.\n{failed[0]['error']}")
     if not git:
         return ReviewResult(None, None, files, trials)
+    # The branch must pass `check` on its own: project files and upstream notebooks this schedule needs
+    # that have uncommitted changes go into the same commit, named in its message for the reviewer.
+    needed = _uncommitted(project_dir, _needed_files(project, jobs, display, spec_display))
+    files += needed
     branch = branch or f"bento/schedule-{notebook.stem}"
     _git(project_dir, "switch", "-c", branch)
     _git(project_dir, "add", "--", *files)
     summary = "; ".join(f"{j.name}: {', '.join(j.tables_written)}" for j in jobs)
+    note = ("\nAlso commits uncommitted changes this schedule needs: " + ", ".join(needed)) if needed else ""
     # only these files, whatever else the user had staged
     _git(project_dir, "commit", "-m", f"Schedule {display}\n\n{summary}\nTrial run: "
-         + ("passed" if trials else "skipped") + f"\nPreview: {preview.relative_to(project_dir)}", "--", *files)
-    return ReviewResult(branch, _git(project_dir, "rev-parse", "HEAD"), files, trials)
+         + ("passed" if trials else "skipped") + f"\nPreview: {preview.relative_to(project_dir)}{note}",
+         "--", *files)
+    return ReviewResult(branch, _git(project_dir, "rev-parse", "HEAD"), files, trials, needed)
+
+
+def _needed_files(project: BentoProject, jobs: Sequence[BentoJob], display: str, spec_display: str) -> list[str]:
+    """The project's own files and the notebooks (with specs) that write the tables these jobs read."""
+    from dagster_bento.project import CONFIG_FILE, POLICY_FILE
+
+    reads = {t for j in jobs for t in j.tables_read}
+    upstream = {path for j in project.jobs if set(j.tables_written) & reads
+                for path in (j.notebook_path, j.spec.path)}
+    candidates = [POLICY_FILE, CONFIG_FILE, *sorted(upstream - {display, spec_display})]
+    return [c for c in candidates if (project.project_dir / c).exists()]
+
+
+def _uncommitted(project_dir: Path, paths: Sequence[str]) -> list[str]:
+    return [p for p in paths if _git(project_dir, "status", "--porcelain", "--untracked-files=all", "--", p)]
 
 
 def data_in_notebook(path: Path) -> list[str]:

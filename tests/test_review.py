@@ -133,3 +133,26 @@ def test_a_notebook_with_saved_outputs_or_widget_state_is_not_committed(repo):
     assert "--clear-output" in out.stderr
     assert git(repo, "branch", "--show-current") == "main"
     assert not (repo / "notebooks" / "saved.bento.yaml").exists()
+
+
+def test_uncommitted_policy_changes_the_schedule_needs_go_into_the_branch(repo):
+    """The review branch passes `check` on its own: a table labelled only in the working copy's policy
+    is committed with the schedule, and named in the commit message."""
+    import yaml
+
+    policy_path = repo / "purpose_zones.yaml"
+    policy = yaml.safe_load(policy_path.read_text())
+    policy["tables"]["raw.extra"] = {"zones": ["ANALYTICS"]}
+    policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    con = duckdb.connect(str(repo / "warehouse.duckdb"))
+    con.execute("CREATE TABLE raw.extra AS SELECT 1 AS id")
+    con.close()
+    write_notebook(repo / "notebooks" / "extra.ipynb", [
+        sql_cell("e", "SELECT id FROM raw.extra"), write_cell("e", "mart.extra")])
+    out = cli(repo, "notebooks/extra.ipynb", "--owner", "a@example.com", "--zone", "ANALYTICS", "--cron", "0 1 * * *")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "also committed" in out.stdout and "purpose_zones.yaml" in out.stdout
+    files = set(git(repo, "show", "--name-only", "--format=", "HEAD").splitlines())
+    assert "purpose_zones.yaml" in files
+    assert "purpose_zones.yaml" in git(repo, "log", "-1", "--format=%B")
+    assert git(repo, "status", "--porcelain", "--", "purpose_zones.yaml") == ""
