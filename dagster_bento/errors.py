@@ -6,6 +6,8 @@ once, under a stable header, never one at a time and never as a bare traceback.
 """
 
 import dataclasses
+import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -123,14 +125,63 @@ class DagsterBentoRunError(DagsterBentoError):
             full += f"\nThe executed notebook is kept at {executed_notebook}"
         super().__init__(full, md)
 
-    def attach_executed_notebook(self, path: str) -> None:
-        """Name the kept executed notebook in the message and metadata (it is saved after the error)."""
-        if self.executed_notebook:
-            return
-        self.executed_notebook = path
-        self.message = f"{self.message}\nThe executed notebook is kept at {path}"
-        self.description = self.message
-        self.metadata["executed_notebook"] = dg.MetadataValue.path(path)
+    def attach_executed_notebook(self, path: str, *, url: str | None = None) -> None:
+        """Name the kept executed notebook in the message and metadata (it is saved after the error).
+        ``url``: its page in the Dagster UI (see `notebook_url`), shown as a link next to the path."""
+        if not self.executed_notebook:
+            self.executed_notebook = path
+            self.message = f"{self.message}\nThe executed notebook is kept at {path}"
+            self.description = self.message
+            self.metadata["executed_notebook"] = dg.MetadataValue.path(path)
+        if url and self.executed_notebook == path:
+            self.metadata["executed_notebook_url"] = dg.MetadataValue.url(url)
+
+    def attach_failing_cell(self, source: str) -> None:
+        """Show the failing cell as the author wrote it, with the error, as markdown in the failure event."""
+        ename = getattr(self, "ename", None) or type(self).__name__
+        evalue = getattr(self, "evalue", None)
+        if evalue is None:
+            evalue = self.message.split("\nThe executed notebook is kept at ")[0]
+        self.metadata["failing_cell"] = dg.MetadataValue.md(
+            failing_cell_markdown(source, cell=self.cell, notebook=self.notebook, ename=ename, evalue=evalue))
+
+
+MAX_MARKDOWN_SOURCE = 20_000  # characters of a failing cell shown in the failure event (the kept notebook has all)
+
+
+def _fence(text: str, minimum: int = 3) -> str:
+    """A backtick fence longer than any run of backticks in ``text``, so the text cannot close it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(minimum, longest + 1)
+
+
+def _inline_code(text: str) -> str:
+    fence = _fence(text, minimum=1)
+    return f"{fence} {text} {fence}"
+
+
+def failing_cell_markdown(source: str, *, cell: int | None, notebook: str | None, ename: str, evalue: str) -> str:
+    """Markdown for the Dagster UI: the cell's source and the error, each in a code fence longer than any
+    backtick run inside it (nothing the notebook wrote is rendered as markdown or HTML)."""
+
+    def clip(text: str, limit: int) -> str:
+        return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit:,} more characters)"
+
+    source, error = clip(source, MAX_MARKDOWN_SOURCE), clip(f"{ename}: {evalue}".strip().rstrip(":"), 4000)
+    where = "The failing cell" if cell is None else f"Cell {cell}"
+    if notebook:
+        where += f" of {_inline_code(notebook)}"
+    code_fence, error_fence = _fence(source), _fence(error)
+    return (f"**{where}**\n\n{code_fence}python\n{source}\n{code_fence}\n\n"
+            f"**Error**\n\n{error_fence}text\n{error}\n{error_fence}\n")
+
+
+def notebook_url(webserver_url: str, path: str, location: str) -> str:
+    """The Dagster webserver's page for a kept notebook: ``/notebook?path=...&repoLocName=...``, the route
+    dagster-webserver serves (and links for notebook metadata); it asks the code location ``location`` for
+    the file, so both parameters are required."""
+    query = urllib.parse.urlencode({"path": path, "repoLocName": location}, quote_via=urllib.parse.quote)
+    return f"{webserver_url.rstrip('/')}/notebook?{query}"
 
 
 class DagsterBentoSandboxUnavailableError(DagsterBentoRunError):

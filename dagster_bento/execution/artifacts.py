@@ -41,7 +41,7 @@ from typing import Any
 import nbformat
 from nbformat import NotebookNode
 
-__all__ = ["artifact_path", "sanitize", "save", "write_html", "render_html_in_background", "clean_html",
+__all__ = ["artifact_path", "author_view", "sanitize", "save", "write_html", "render_html_in_background", "clean_html",
            "allowed_cell_metadata", "allowed_notebook_metadata"]
 
 KEPT_MIME = ("text/html", "image/png", "image/jpeg", "text/plain")
@@ -276,6 +276,108 @@ def sanitize(nb: NotebookNode) -> NotebookNode:
             c["id"] = nbformat.v4.new_code_cell()["id"]
     nbformat.validate(clean)
     return clean
+
+
+# ------------------------------------------------------------------------------------------ author's view
+
+SETUP_BANNER = ("# ── dagster-bento setup: injected for this run, not part of the notebook ──\n"
+                "# Helpers the SQL and write cells below ran (their executed lines are in each cell's\n"
+                "# metadata: dagster_bento.executed_source). Hidden by default.\n")
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{n:,} bytes" if unit == "bytes" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{n:,} bytes"  # unreachable
+
+
+def _facts_output(title: str, rows: list[tuple[str, str]]) -> NotebookNode:
+    """The facts of a SQL or write cell as that cell's output: text, and the same as a small HTML table."""
+    text = title + "\n" + "\n".join(f"  {k}: {v}" for k, v in rows)
+    body = "".join(f"<tr><th>{html_lib.escape(k)}</th><td>{html_lib.escape(v)}</td></tr>" for k, v in rows)
+    table = (f'<table class="dagster-bento-facts"><caption>{html_lib.escape(title)}</caption>'
+             f"<tbody>{body}</tbody></table>")
+    return nbformat.v4.new_output("display_data", data={"text/plain": text, "text/html": table})
+
+
+def author_view(nb: NotebookNode, *, sql: Mapping[int, Mapping[str, Any]] | None = None,
+                writes: Mapping[int, Mapping[str, Any]] | None = None) -> NotebookNode:
+    """The executed notebook as its author wrote it, for keeping (a copy; ``nb`` is unchanged).
+
+    * each SQL cell shows its SQL rendered with the run's parameters (``sql[i]["sql"]``; the magic line is
+      kept when the author wrote one) and, as its first output, what the fetch did: rows, seconds, tables;
+    * each write cell shows its source as written and, as its first output, what the notebook wrote: rows,
+      file size, the target table and mode;
+    * the line that actually ran stays in ``metadata.dagster_bento.executed_source`` and the original
+      source in ``metadata.bento.original_source`` (``restore_original``, ``dagster-bento show``);
+    * the injected setup cell is marked by a banner and hidden (``jupyter.source_hidden``, ``collapsed``).
+
+    Keys of ``sql``/``writes`` are cell indices of the original notebook. Values (all optional): SQL —
+    ``sql``, ``output``, ``rows``, ``seconds``, ``tables``; write — ``input``, ``table``, ``mode``, ``rows``,
+    ``bytes``.
+    """
+    from dagster_bento.execution.rewrite import SETUP_TAG, original_index
+
+    out = copy.deepcopy(nb)
+    record = (out.get("metadata", {}).get("dagster_bento") or {}).get("rewritten_cells") or []
+    kinds = {r.get("cell"): r for r in record if isinstance(r, Mapping)}
+    sql, writes = sql or {}, writes or {}
+    for position, cell in enumerate(out.cells):
+        meta = cell.get("metadata", {})
+        if SETUP_TAG in (meta.get("tags") or []):
+            if not _text(cell.source).startswith(SETUP_BANNER):
+                cell.source = SETUP_BANNER + _text(cell.source)
+            meta["jupyter"] = {**(meta.get("jupyter") or {}), "source_hidden": True, "outputs_hidden": True}
+            meta["collapsed"] = True
+            continue
+        bento = meta.get("bento")
+        if cell.cell_type != "code" or not isinstance(bento, Mapping) or "original_source" not in bento:
+            continue
+        index = original_index(out, position)
+        rec = kinds.get(index)
+        if rec is None:  # a cell whose session magics were commented out: show it as written
+            meta.setdefault("dagster_bento", {})["executed_source"] = _text(cell.source)
+            cell.source = bento["original_source"]
+            continue
+        meta.setdefault("dagster_bento", {})["executed_source"] = _text(cell.source)
+        original = _text(bento["original_source"])
+        if rec.get("kind") == "sql":
+            facts = sql.get(index, {})
+            rendered = facts.get("sql")
+            if isinstance(rendered, str):
+                first, _, _rest = original.partition("\n")
+                cell.source = (first + "\n" + rendered) if first.strip().startswith("%%bento_sql") else rendered
+            else:
+                cell.source = original
+            rows = [("into", str(facts.get("output") or rec.get("output") or "?"))]
+            if facts.get("rows") is not None:
+                rows.append(("rows", f"{int(facts['rows']):,}"))
+            if facts.get("seconds") is not None:
+                rows.append(("seconds", f"{float(facts['seconds']):.2f}"))
+            if facts.get("tables"):
+                rows.append(("tables read", ", ".join(map(str, facts["tables"]))))
+            title = "dagster-bento fetched this query's result" if facts.get("rows") is not None else \
+                "dagster-bento: this query's result was not fetched"
+        elif rec.get("kind") == "write":
+            facts = writes.get(index, {})
+            cell.source = original
+            rows = [("from", str(facts.get("input") or rec.get("input") or "?")),
+                    ("table", str(facts.get("table") or rec.get("table") or "?"))]
+            if facts.get("mode"):
+                rows.append(("mode", str(facts["mode"])))
+            if facts.get("rows") is not None:
+                rows.append(("rows", f"{int(facts['rows']):,}"))
+            if facts.get("bytes") is not None:
+                rows.append(("file size", _human_bytes(int(facts["bytes"]))))
+            title = ("dagster-bento: the notebook wrote" if facts.get("bytes") is not None or
+                     facts.get("rows") is not None else "dagster-bento: nothing was written for this cell")
+        else:
+            continue
+        cell.outputs = [_facts_output(title, rows), *cell.get("outputs", [])]
+    return out
 
 
 # ------------------------------------------------------------------------------------------ files
