@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from dagster_bento import warehouse as wh
-from dagster_bento.errors import DagsterBentoPolicyError
+from dagster_bento.errors import DagsterBentoFetchError, DagsterBentoPolicyError
 from tests.nbfactory import add_notebook, sql_cell, write_cell, write_policy
 from tests.test_execution import PG_URL, clean_run_dirs, query, resource_for, run, seed_duckdb  # noqa: F401
 
@@ -96,7 +96,10 @@ def pg_schemas():
             CREATE VIEW {pub}.v AS SELECT * FROM {hr}.salaries;
             CREATE VIEW {pub}.ok AS SELECT * FROM {pub}.orders;
             -- the same bare name in the HR schema: what a search_path through {hr} would resolve
-            CREATE VIEW {hr}.ok AS SELECT employee AS item, salary AS id FROM {hr}.salaries;""")
+            CREATE VIEW {hr}.ok AS SELECT employee AS item, salary AS id FROM {hr}.salaries;
+            -- reads hr.salaries through SQL text: no scan in the plan; a view over it hides it one level deeper
+            CREATE VIEW {pub}.fx AS SELECT query_to_xml('SELECT * FROM {hr}.salaries', true, true, '') AS d;
+            CREATE VIEW {pub}.fx2 AS SELECT * FROM {pub}.fx;""")
     try:
         yield hr, pub, out
     finally:
@@ -112,7 +115,8 @@ def pg_schemas():
 def pg_project(tmp_path, schemas, sql):
     hr, pub, out = schemas
     write_policy(tmp_path, {f"{hr}.salaries": ["HR"], f"{hr}.ok": ["HR"], f"{pub}.v": ["ANALYTICS"],
-                            f"{pub}.orders": ["ANALYTICS"], f"{pub}.ok": ["ANALYTICS"], f"{out}.*": ["ANALYTICS"]},
+                            f"{pub}.orders": ["ANALYTICS"], f"{pub}.ok": ["ANALYTICS"], f"{pub}.fx2": ["ANALYTICS"],
+                            f"{out}.*": ["ANALYTICS"]},
                  zones=ZONES, default_schema=pub)
     add_notebook(tmp_path, "nb", [sql_cell("df", sql), write_cell("df", f"{out}.t")])
     return tmp_path
@@ -139,3 +143,17 @@ def test_postgres_bare_names_resolve_in_the_default_schema_and_a_clean_view_pass
     assert run(project, url).success
     assert query(PG_URL, f"SELECT id, item FROM {out}.t") == [(1, "x")]
     assert len(rows_read) == 1
+
+
+def test_postgres_view_reading_through_sql_text_is_refused_before_any_row(
+        tmp_path, pg_schemas, rows_read, clean_run_dirs):
+    """The planner shows no scan for a table read by SQL text a view hands to a function; the views a query
+    reads (and the views those read) may call only allowlisted functions, like a SQL cell."""
+    hr, pub, out = pg_schemas
+    project = pg_project(tmp_path, pg_schemas, f"SELECT * FROM {pub}.fx2")
+    with pytest.raises(DagsterBentoFetchError) as info:
+        run(project, PG_URL)
+    text = str(info.value)
+    assert f"{pub}.fx" in text and "query_to_xml" in text, text
+    assert rows_read == []
+    assert query(PG_URL, f"SELECT count(*) FROM pg_tables WHERE schemaname = '{out}'") == [(0,)]
