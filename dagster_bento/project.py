@@ -420,19 +420,21 @@ def project_settings(project_dir: Path, warehouse_url: str | None = None
     config, problems = load_config(project_dir)
     url = warehouse_url or os.environ.get("BENTO_WAREHOUSE_URL") or config.warehouse_url
     dialect = config.dialect or dialect_for_url(url)
-    policy, policy_problems = _load_policy(project_dir)
+    policy, policy_problems = _load_policy(project_dir, dialect)
     problems += policy_problems
     default_schema = (config.default_schema or (policy.default_schema if policy else None)
                       or ("public" if dialect == "postgres" else "main"))
     return config, policy, default_schema, dialect, problems
 
 
-def _load_policy(project_dir: Path) -> tuple[Any, list[Problem]]:
+def _load_policy(project_dir: Path, dialect: str | None = None) -> tuple[Any, list[Problem]]:
+    """The policy; its table names follow the warehouse's identifier rules (``dialect``) unless it sets
+    ``default_dialect`` itself."""
     path = project_dir / POLICY_FILE
     if not path.exists():
         return None, []
     try:
-        return zones.load_policy(path), []
+        return zones.load_policy(path, dialect=dialect), []
     except zones.PurposeZoneDefinitionError as err:
         return None, list(err.problems)
 

@@ -126,6 +126,8 @@ UploadMode = Literal["overwrite", "append", "overwrite_partition"]
 FileFormat = Literal["parquet", "arrow", "csv"]
 # (stored labels, existing tables) -> label per table; see Warehouse.upload
 LabelCheck = Callable[[Mapping[str, frozenset[str]], Set[str]], Mapping[str, frozenset[str] | None]]
+#: ``check_tables(sql, base_tables)`` of :meth:`Warehouse.fetch`: raises to refuse a query by what it reads.
+TablesCheck = Callable[[str, frozenset[str]], None]
 
 META_SCHEMA = "bento_meta"
 LABELS_TABLE = f"{META_SCHEMA}.table_labels"
@@ -200,11 +202,17 @@ class Warehouse(abc.ABC):
     def fetch(
         self, sql: str, path: Path, *, fmt: FileFormat = "parquet", notebook: str = "", cell: int | None = None,
         deadline: float | None = None, cancel: threading.Event | None = None,
+        default_schema: str | None = None, check_tables: TablesCheck | None = None,
     ) -> FetchResult:
         """Run one query and write its result to ``path``; raise DagsterBentoFetchError on failure.
 
         ``deadline`` (a ``time.monotonic()`` value) and ``cancel``: stop the query when the deadline passes or
-        the event is set (the run's time limit, a failed run), releasing its locks, and raise."""
+        the event is set (the run's time limit, a failed run), releasing its locks, and raise.
+
+        ``default_schema``: where a bare table name resolves (the schema the SQL analysis assumed; default:
+        the warehouse's). ``check_tables(sql, base_tables)``: called on the fetch connection, before any row is
+        read, with the base tables the warehouse's planner scans for the query (views expanded, so a view is
+        judged by what it reads); it raises to refuse the fetch (the exception propagates as is)."""
 
     @abc.abstractmethod
     def table_columns(self, table: str) -> tuple[ColumnInfo, ...] | None:
@@ -367,6 +375,76 @@ def _duckdb_check_query(con: duckdb.DuckDBPyConnection, query: str) -> None:
     """Refuse calls of functions that are not on the DuckDB allowlist, found by DuckDB's own parser."""
     del con  # the check parses on its own connection without data or external access
     _checked_by_sql_analysis(query, "duckdb")
+
+
+def _planned_tables(tables_read: Callable[[Any, str], set[str]], handle: Any, query: str) -> frozenset[str]:
+    """The base tables the warehouse's planner scans for ``query`` (:mod:`dagster_bento.sql`); a plan the
+    check cannot read refuses the fetch (fail closed)."""
+    from dagster_bento import sql as _sql
+
+    try:
+        return frozenset(tables_read(handle, query))
+    except _sql.SqlAnalysisError as err:
+        raise _SqlShapeError(str(err)) from err
+
+
+def _duckdb_tables_read(con: duckdb.DuckDBPyConnection, query: str) -> set[str]:
+    """The base tables DuckDB's planner scans for ``query`` (views expanded), as canonical names.
+
+    Like :func:`dagster_bento.sql.duckdb_tables_read`, but it reads the plan's ``catalog.schema.table`` with
+    DuckDB's own quoting (``wh.raw."types"``: DuckDB quotes keywords and unusual names, doubling inner quotes)
+    instead of refusing every quoted name. ``EXPLAIN`` plans, never executes."""
+    from dagster_bento import sql as _sql
+
+    found: set[str] = set()
+    for _kind, text in con.execute("EXPLAIN (FORMAT JSON) " + query).fetchall():
+        stack: list[Any] = [json.loads(text)]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                extra = node.get("extra_info")
+                table = extra.get("Table") if isinstance(extra, dict) else None
+                if isinstance(table, str) and table:
+                    try:
+                        parts = _tables.split_name(table, "duckdb")
+                    except ValueError:
+                        parts = []
+                    if len(parts) != 3:
+                        raise _sql.SqlAnalysisError(f"DuckDB's plan scans {table!r}, a name the check cannot read")
+                    found.add(_tables.join(parts[1:]))
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
+    return found
+
+
+_PG_VIEWS_READ = """
+WITH RECURSIVE v(oid) AS (
+    SELECT c.oid FROM pg_class c WHERE c.oid = ANY(SELECT to_regclass(n) FROM unnest($1::text[]) AS n)
+    UNION
+    SELECT d.refobjid FROM v JOIN pg_rewrite r ON r.ev_class = v.oid
+    JOIN pg_depend d ON d.objid = r.oid AND d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+    WHERE d.refobjid <> v.oid
+)
+SELECT c.oid::regclass::text, pg_get_viewdef(c.oid) FROM v JOIN pg_class c ON c.oid = v.oid WHERE c.relkind = 'v'
+"""
+
+
+def _postgres_check_views(cur: Any, query: str, default_schema: str) -> None:
+    """The views ``query`` reads, and the views they read, may call only allowlisted functions: the planner
+    does not see a table read by SQL text a view passes to a function (``query_to_xml('SELECT ...')``), so
+    such a view is refused as a SQL cell calling that function would be."""
+    from dagster_bento import sql as _sql
+
+    names = sorted(_tables.quoted_sql(t) for t in _sql.postgres_parser_tables(query, default_schema))
+    if not names:
+        return
+    cur.execute(_PG_VIEWS_READ, (names,))
+    for view, definition in cur.fetchall():
+        try:
+            _sql.check_functions(definition, "postgres")
+        except _sql.SqlAnalysisError as err:
+            raise _ForbiddenSqlError(f"the query reads the view {view}, whose definition is refused: {err}") from err
 
 
 def _postgres_check_query(query: str) -> None:
@@ -1551,6 +1629,7 @@ class DuckDBWarehouse(Warehouse):
     def fetch(
         self, sql: str, path: Path, *, fmt: FileFormat = "parquet", notebook: str = "", cell: int | None = None,
         deadline: float | None = None, cancel: threading.Event | None = None,
+        default_schema: str | None = None, check_tables: TablesCheck | None = None,
     ) -> FetchResult:
         start = time.perf_counter()
         path = Path(path)
@@ -1560,6 +1639,10 @@ class DuckDBWarehouse(Warehouse):
             with self._connect(write=False, timeout=watchdog.remaining(self.lock_timeout)) as con, \
                     _atomic_output(path, fmt) as tmp, watchdog.guard(con.interrupt):
                 _duckdb_check_query(con, query)
+                if default_schema:  # bare names resolve where the SQL analysis assumed
+                    self._use_schema(con, _tables.split_name(default_schema, self.dialect)[0])
+                if check_tables is not None:  # before any row is read: views judged by the tables they scan
+                    check_tables(sql, _planned_tables(_duckdb_tables_read, con, query))
                 relation = con.sql(query)
                 if relation is None:
                     raise _SqlShapeError("the statement returns no rows; a SQL cell must be a query (SELECT ...)")
@@ -1571,6 +1654,17 @@ class DuckDBWarehouse(Warehouse):
         except (duckdb.Error, pa.ArrowException, OSError, _SqlShapeError, _FetchStopped, TimeoutError) as err:
             raise _fetch_error(err, sql, self, notebook, cell, watchdog) from err
         return FetchResult(path, rows, columns, time.perf_counter() - start)
+
+    def _use_schema(self, con: duckdb.DuckDBPyConnection, schema: str) -> None:
+        """Resolve bare names in ``schema`` on this connection, when it exists (else DuckDB's own default stays:
+        the planner's table check still sees what the query really reads). The in-memory database keeps one
+        connection, so its schema is set back to ``main`` first."""
+        if self._memory is not None:
+            con.execute("RESET schema")
+        exists = con.execute("SELECT count(*) FROM duckdb_schemas() WHERE database_name = current_database() "
+                             "AND lower(schema_name) = $1", [schema]).fetchone()
+        if exists and exists[0]:
+            con.execute(f"SET schema = {_sql_string(schema)}")
 
     @staticmethod
     def _result_reader(relation: duckdb.DuckDBPyRelation, fmt: FileFormat) -> pa.RecordBatchReader:
@@ -1886,19 +1980,33 @@ class PostgresWarehouse(Warehouse):
     def fetch(
         self, sql: str, path: Path, *, fmt: FileFormat = "parquet", notebook: str = "", cell: int | None = None,
         deadline: float | None = None, cancel: threading.Event | None = None,
+        default_schema: str | None = None, check_tables: TablesCheck | None = None,
     ) -> FetchResult:
+        from dagster_bento import sql as _sql
+
         start = time.perf_counter()
         path = Path(path)
         watchdog = _Watchdog(deadline, cancel)
         try:
             query = single_statement(sql, self.dialect)
             _postgres_check_query(query)
+            schema = _tables.split_name(default_schema or self.default_schema, self.dialect)[0]
             with self._connect() as conn, conn.cursor() as cur:
                 cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
                 conn.commit()
                 if self.fetch_role:  # LOCAL: ends with this (read-only) transaction
                     cur.execute(f"SET LOCAL ROLE {quote_ident(self.fetch_role)}")
+                # Bare names resolve as the SQL analysis resolved them: pg_catalog, then the default schema
+                # (not the role's or the database's search_path, which an operator may have set otherwise).
+                cur.execute(f"SET LOCAL search_path = pg_catalog, {quote_ident(schema)}")
                 with watchdog.guard(cur.adbc_cancel):  # a cancel request to the server (libpq PQcancel)
+                    if check_tables is not None:  # before any row is read: views judged by the tables they scan
+                        # same transaction, role and search_path; EXPLAIN cannot run inside the driver's COPY
+                        with conn.cursor() as plan:
+                            plan.adbc_statement.set_options(**{"adbc.postgresql.use_copy": "false"})
+                            base = _planned_tables(_sql.postgres_tables_read, plan, query)
+                            _postgres_check_views(plan, query, schema)
+                        check_tables(sql, base)
                     cur.execute(query)
                     reader = cur.fetch_record_batch()
                     columns = tuple(ColumnInfo(f.name, _pg_type_name(f)) for f in reader.schema)

@@ -10,6 +10,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import stat
 import os
@@ -77,8 +78,14 @@ class BentoInvocation:
         self._results: list[dg.MaterializeResult] | None = None
         self._error: BaseException | None = None
         self.executed_notebook: Path | None = None
+        self._executed_nb: Any = None  # the executed (or partly executed) notebook, kept once by _keep
+        self._fetch_future: "concurrent.futures.Future[Any] | None" = None
+        self._files: Mapping[str, Path] = {}  # the outputs copied out of the sandbox
+        self._sizes: dict[str, int | None] = {}  # their sizes in bytes (see _output_size)
         self._logged: list[dict[str, Any]] = []  # log-mode zone violations, recorded on the outputs
         self._source_nb: Any = None  # the notebook as read (once) for this run
+        # (policy, read labels) of the pre-fetch read check: the fetch zone-checks the base tables a query scans
+        self._read_check: tuple[Any, dict[str, frozenset[str]]] | None = None
 
     # -- public handle --------------------------------------------------------------------------
 
@@ -157,12 +164,12 @@ class BentoInvocation:
                 with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bento-fetch") as pool:
                     fetch = pool.submit(self._fetch, job, warehouse, run_dir, fmt, timings, deadline, stop_fetch)
                     try:
-                        executed = self._execute(job, run_dir, fmt, ds, timings, fetch, config, lease)
+                        self._execute(job, run_dir, fmt, ds, timings, fetch, config, lease)
                     finally:
                         stop_fetch.set()  # after a successful execution every SQL cell has waited for it
                         concurrent.futures.wait([fetch])  # it writes into the run dir: never delete under it
                     fetched = fetch.result()
-                files = collect_outputs(job, run_dir, work_dir / "collected", fmt,
+                self._files = files = collect_outputs(job, run_dir, work_dir / "collected", fmt,
                                         max_bytes=_limit(self.resource, "max_output_mb", DEFAULT_MAX_OUTPUT_BYTES))
             finally:
                 if lease is not None:
@@ -173,6 +180,7 @@ class BentoInvocation:
                 labels = self._check_writes(policy, job, warehouse, read_labels)
                 self.trial_outputs = [_describe_file(request, labels.get(request.table), warehouse)
                                       for request in self._requests(job, files, ds, fmt)]
+                self._keep(job, {t["table"]: t["rows"] for t in self.trial_outputs})
                 return []
             labels = {}
 
@@ -182,9 +190,10 @@ class BentoInvocation:
 
             uploaded = self._upload(job, warehouse, files, check_writes if policy is not None else None, ds, fmt,
                                     timings)
+            self._keep(job, {u.table: u.rows_written for u in uploaded})
         except BaseException as err:
-            if isinstance(err, DagsterBentoRunError) and self.executed_notebook:
-                err.attach_executed_notebook(str(self.executed_notebook))
+            if isinstance(err, DagsterBentoRunError):
+                self._describe_failure(job, err)
             if emitter is not None:
                 violation = err.metadata.get("violation") if isinstance(err, DagsterBentoError) else None
                 emitter.fail(run_id=run_id, job_name=job.name, inputs=inputs, error_message=str(err),
@@ -212,7 +221,8 @@ class BentoInvocation:
         emitter.complete(run_id=run_id, job_name=job.name,
                          inputs=[LineageDataset(t, zones=read_labels.get(t)) for t in job.tables_read],
                          outputs=outputs, violations=self._logged)  # log-mode violations, in the zone facet
-        return [self._result(job, u, labels, fetched, executed, timings, ds) for u in uploaded]
+        kept = self.executed_notebook or Path("")  # kept by _keep right after the upload
+        return [self._result(job, u, labels, fetched, kept, timings, ds) for u in uploaded]
 
     def _job_for_run(self, ds: str) -> BentoJob:
         """Re-render the schedule with the run's ``ds`` from one read of the notebook; refuse if the
@@ -249,7 +259,8 @@ class BentoInvocation:
 
     def _policy(self) -> Any:
         path = self.project_dir / POLICY_FILE
-        return zones.load_policy(path) if path.exists() else None
+        # table names follow the warehouse's identifier rules, as at load (project.project_settings)
+        return zones.load_policy(path, dialect=self.job.dialect) if path.exists() else None
 
     def _check_reads(self, policy: Any, job: BentoJob, warehouse: Warehouse) -> dict[str, frozenset[str]]:
         """Labels are re-read right before the fetch: they may have changed since load."""
@@ -267,7 +278,36 @@ class BentoInvocation:
                 self._handle(violation)
                 if isinstance(label, frozenset):
                     labels[table] = label
+        self._read_check = (policy, labels)  # the fetch adds the labels of base tables read through views
         return labels
+
+    def _check_base_tables(self, job: BentoJob, warehouse: Warehouse, cell: Any, _sql: str,
+                           base: frozenset[str]) -> None:
+        """Views are judged by what they read: the base tables the warehouse's planner scans for ``cell``'s
+        query (views expanded) get the same read check as the tables the analysis listed, before any row is
+        read. Their labels join the run's read labels (so they reach the outputs' labels)."""
+        if self._read_check is None:
+            return
+        policy, labels = self._read_check
+        listed = set(cell.tables)
+        new = sorted(t for t in base if t not in listed)
+        if not new:
+            return  # every scanned table was listed by the analysis and checked before the fetch
+        through = sorted(listed - set(base)) or sorted(listed)
+        stored = warehouse.read_labels(new)
+        for table in new:
+            label = zones.resolve_label(policy, table, stored)
+            violation = zones.check_read(policy, notebook=job.name, notebook_path=job.notebook_path,
+                                         notebook_zone=job.zone, cell=cell.index, table=table, label=label,
+                                         phase="pre_fetch")
+            if violation is not None:
+                via = ", ".join(through) or "the query"
+                violation = dataclasses.replace(violation, hint=(
+                    f"cell {cell.index} reads {table} through {via} (a view is judged by the base tables it "
+                    f"reads, whatever the view's own label); " + violation.hint))
+            self._handle(violation)
+            if isinstance(label, frozenset):
+                labels[table] = label
 
     def _handle(self, violation: Any) -> None:
         if violation is None:
@@ -282,8 +322,11 @@ class BentoInvocation:
         start = time.perf_counter()
         fetched = {}
         for cell in job.sql_cells:
+            check = None if self._read_check is None else functools.partial(self._check_base_tables, job,
+                                                                              warehouse, cell)
             result = warehouse.fetch(cell.sql, run_dir / input_path(cell.output, fmt), fmt=fmt,
-                                     notebook=job.notebook_path, cell=cell.index, deadline=deadline, cancel=cancel)
+                                     notebook=job.notebook_path, cell=cell.index, deadline=deadline, cancel=cancel,
+                                     default_schema=job.default_schema, check_tables=check)
             fetched[cell.index] = result
             self.log.info(f"cell {cell.index}: fetched {result.rows} rows into {cell.output} "
                           f"({result.seconds:.2f}s)")
@@ -309,7 +352,7 @@ class BentoInvocation:
                 return asyncio.wrap_future(fetch)  # raises the fetch's error, if any
             return None
 
-        target = artifacts.artifact_path(self.resource.artifacts_path, job.name, self.context.run_id)
+        self._fetch_future = fetch
         start = time.perf_counter()
         try:
             executed = execute_notebook(nb, run_dir=run_dir, config=config, notebook_label=job.notebook_path,
@@ -317,15 +360,72 @@ class BentoInvocation:
                                         cell_number=lambda index: original_index(nb, index),
                                         before_cell=wait_for_fetch, lease=lease)
         except DagsterBentoRunError as err:
-            partial = getattr(err, "executed_nb", None) or nb
-            self.executed_notebook = artifacts.save(partial, target, html=False)
+            self._executed_nb = getattr(err, "executed_nb", None) or nb  # kept by _run's failure path
             raise
         finally:
             timings.execute_s = time.perf_counter() - start
-        # its HTML rendering starts when the run ends (see _run), so it does not slow the upload down
-        self.executed_notebook = artifacts.save(executed, target, html=False)
+        # kept (see _keep) once the outputs are checked, with what each write cell wrote
+        self._executed_nb = executed
+        return executed
+
+    # -- the kept notebook and what a failure shows ---------------------------------------------
+
+    def _keep(self, job: BentoJob, rows_written: Mapping[str, int] | None = None) -> None:
+        """Keep the executed notebook once, as its author wrote it (`artifacts.author_view`): SQL cells show
+        their rendered SQL with the fetch's rows, seconds and tables; write cells their source with the rows
+        and file size written and the table. Its HTML rendering starts when the run ends (see _run)."""
+        if self.executed_notebook is not None or self._executed_nb is None:
+            return
+        fetched: Mapping[int, Any] = {}
+        future = self._fetch_future
+        if future is not None and future.done() and not future.cancelled() and future.exception() is None:
+            fetched = future.result()
+        sql = {c.index: {"sql": c.sql, "output": c.output, "tables": list(c.tables),
+                         "rows": getattr(fetched.get(c.index), "rows", None),
+                         "seconds": getattr(fetched.get(c.index), "seconds", None)} for c in job.sql_cells}
+        writes = {c.index: {"input": c.input, "table": c.table, "mode": c.mode,
+                            "rows": (rows_written or {}).get(c.table), "bytes": self._output_size(c.table)}
+                  for c in job.write_cells}
+        target = artifacts.artifact_path(self.resource.artifacts_path, job.name, self.context.run_id)
+        view = artifacts.author_view(self._executed_nb, sql=sql, writes=writes)
+        self.executed_notebook = artifacts.save(view, target, html=False)
         self.log.info(f"executed notebook kept at {self.executed_notebook}")
-        return self.executed_notebook
+
+    def _output_size(self, table: str) -> int | None:
+        """The size of the file the notebook wrote for ``table`` (remembered: the work dir goes at run end)."""
+        if table not in self._sizes:
+            self._sizes[table] = _size(self._files.get(table))
+        return self._sizes[table]
+
+    def _describe_failure(self, job: BentoJob, err: DagsterBentoRunError) -> None:
+        """Keep the notebook (if it ran) and put into the failure's metadata what the UI shows: the kept
+        notebook's path and link, and the failing cell as the author wrote it, with the error."""
+        try:
+            self._keep(job)
+        except Exception as keep_err:  # noqa: BLE001 -- the run's own error is what the user must see
+            self.log.warning(f"could not keep the executed notebook of {job.notebook_path}: {keep_err}")
+        if self.executed_notebook is not None:
+            err.attach_executed_notebook(str(self.executed_notebook), url=self._notebook_url(self.executed_notebook))
+        cells = getattr(self._source_nb, "cells", None) or []
+        if err.cell is not None and 0 <= err.cell < len(cells) and "failing_cell" not in err.metadata:
+            source = cells[err.cell].get("source", "")
+            err.attach_failing_cell(source if isinstance(source, str) else "".join(source))
+
+    def _notebook_url(self, path: Path) -> str | None:
+        """The kept notebook's page in the Dagster UI, when bento.yaml sets notifications.webserver_url and
+        the run came from a code location (the webserver asks it for the file)."""
+        from dagster_bento.errors import notebook_url
+        from dagster_bento.project import load_config
+
+        origin = getattr(getattr(self.context, "dagster_run", None), "remote_job_origin", None)
+        location = getattr(origin, "location_name", None) if origin is not None else None
+        try:
+            url = (load_config(self.project_dir)[0].notifications or {}).get("webserver_url")
+        except Exception:  # noqa: BLE001 -- a link is a convenience; the path is in the metadata anyway
+            return None
+        if not isinstance(url, str) or not url or not isinstance(location, str):
+            return None
+        return notebook_url(url, str(path), location)
 
     def _check_writes(self, policy: Any, job: BentoJob, warehouse: Warehouse,
                       read_labels: Mapping[str, frozenset[str]]) -> dict[str, frozenset[str]]:
@@ -376,14 +476,22 @@ class BentoInvocation:
         columns = {c.name: c.type for c in uploaded.columns}
         metadata: dict[str, Any] = {
             "dagster/table_name": uploaded.table,
-            "dagster/row_count": uploaded.rows_in_table,
+            "dagster/row_count": int(uploaded.rows_in_table),
             "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in columns.items()]),
-            f"{META}/rows_written": uploaded.rows_written,
+            f"{META}/rows_written": int(uploaded.rows_written),
+            # numbers the UI plots over runs, one key each (timings_s holds the same per step)
+            f"{META}/rows_fetched_total": int(sum(r.rows for r in fetched.values())),
+            f"{META}/fetch_seconds": dg.MetadataValue.float(round(timings.fetch_s, 3)),
+            f"{META}/execute_seconds": dg.MetadataValue.float(round(timings.execute_s, 3)),
+            f"{META}/upload_seconds": dg.MetadataValue.float(round(timings.upload_s, 3)),
             f"{META}/executed_notebook": dg.MetadataValue.notebook(str(executed)),
             f"{META}/timings_s": dg.MetadataValue.json(timings.as_dict()),
             f"{META}/rows_fetched": dg.MetadataValue.json({str(i): r.rows for i, r in fetched.items()}),
             f"{META}/ds": ds,
         }
+        size = self._output_size(uploaded.table)
+        if size is not None:
+            metadata[f"{META}/bytes_written"] = dg.MetadataValue.int(size)  # the file the notebook wrote
         if self.resource.html:
             metadata[f"{META}/executed_notebook_html"] = dg.MetadataValue.path(str(executed.with_suffix(".html")))
         lineage = column_lineage_for(job, columns, self.translator)
@@ -507,6 +615,13 @@ def _describe_file(request: UploadRequest, label: frozenset[str] | None, warehou
                                    table_columns=warehouse.table_columns)
     return {"table": request.table, "rows": rows, "columns": {f.name: str(f.type) for f in schema},
             "label": sorted(label) if label is not None else None}
+
+
+def _size(path: Path | None) -> int | None:
+    try:
+        return path.stat().st_size if path is not None else None
+    except OSError:
+        return None
 
 
 def _limit(resource: Any, field: str, default: int) -> int:
