@@ -67,7 +67,7 @@ def _policy_entry_line(table: str, zone: str) -> str:
     return f"  {table}: {{zones: [{zone}]}}  # added by dagster-bento load"
 
 
-def policy_with_table(policy_path: Path, table: str, zone: str) -> str:
+def policy_with_table(policy_path: Path, table: str, zone: str, dialect: str | None = None) -> str:
     """The text of ``purpose_zones.yaml`` with ``table: {zones: [zone]}`` added under ``tables:``, as a text
     edit that keeps comments and layout. Validated with the policy loader (on a copy) before it is used."""
     from dagster_bento import zones
@@ -93,7 +93,7 @@ def policy_with_table(policy_path: Path, table: str, zone: str) -> str:
         copy = Path(tmp) / policy_path.name
         copy.write_text(new)
         try:
-            checked = zones.load_policy(copy)
+            checked = zones.load_policy(copy, dialect=dialect)
         except zones.PurposeZoneDefinitionError as err:
             raise DagsterBentoLoadError(f"{policy_path.name} would not load with {table} added ({err}); "
                                         "nothing was loaded") from err
@@ -138,7 +138,7 @@ def load_file(*, project_dir: Path, file: Path, table: str, zone: str | None = N
                 f"{name} is declared in {POLICY_FILE} with zones {sorted(declared)}, not [{zone}]; change the "
                 "policy in a reviewed commit, or load with the declared zone")
     label = frozenset({zone}) if zone else (declared if isinstance(declared, frozenset) else None)
-    new_policy = (policy_with_table(policy_path, name, zone)  # validated before anything is loaded
+    new_policy = (policy_with_table(policy_path, name, zone, dialect)  # validated before anything is loaded
                   if policy is not None and zone is not None and not isinstance(declared, frozenset) else None)
 
     data = _read(Path(file))
