@@ -526,7 +526,12 @@ def _run_sql(magics: Any, line: str, body: str) -> SqlCellResult:
             # the read line's path is relative to the run directory: fetch into the same place under tmp
             path = Path(tmp) / _quoted_path(read_line)
             path.parent.mkdir(parents=True)
-            fetched = warehouse.fetch(cell.sql, path, fmt=ctx.fmt, notebook=ctx.display, cell=index)  # type: ignore[arg-type]
+            # Views are judged by what they read, as in a run: the planner's base tables, before any row.
+            check = ((lambda _sql, base: labels.update(
+                _check_reads(ctx, warehouse, sorted(set(base) - set(cell.tables)), index)))
+                if ctx.policy is not None else None)
+            fetched = warehouse.fetch(cell.sql, path, fmt=ctx.fmt, notebook=ctx.display, cell=index,  # type: ignore[arg-type]
+                                      default_schema=job.default_schema, check_tables=check)
             _in_dir(Path(tmp), read_line, ns)
     magics.read_labels.update(labels)
     magics.shell.user_ns[cell.output] = ns[cell.output]

@@ -421,3 +421,20 @@ def test_write_label_counts_every_sql_cell_of_the_saved_notebook(tmp_path, shell
     _value, err = cell(shell, "%bento_write a mart.out")
     assert "PZ004" in str(err) and "missing {SALES}" in str(err)
     assert query(url, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'out'") == [(0,)]
+
+
+def test_a_view_is_judged_by_what_it_reads_interactively_too(tmp_path, shell, monkeypatch):
+    """A view labelled ANALYTICS over a CRM table is refused in Jupyter as a run refuses it (planner's base
+    tables checked before any row is read)."""
+    import duckdb
+
+    root, url, nb = project(tmp_path, tables={"raw.orders": ["ANALYTICS"], "crm.customers": ["CRM"],
+                                              "raw.leak": ["ANALYTICS"], "mart.orders_out": ["ANALYTICS"]})
+    con = duckdb.connect(str(root / "wh.duckdb"))
+    con.execute("CREATE VIEW raw.leak AS SELECT * FROM crm.customers")
+    con.close()
+    monkeypatch.chdir(root / "notebooks")
+    monkeypatch.setenv("JPY_SESSION_NAME", str(nb))
+    _value, err = cell(shell, "%%bento_sql df\nSELECT * FROM raw.leak")
+    assert type(err).__name__ == "DagsterBentoPolicyError" and "crm.customers" in str(err), err
+    assert "df" not in shell.user_ns
