@@ -67,6 +67,7 @@ class RunDetail:
     executed_notebook: str | None
     executed_html: str | None  # where the run renders its HTML copy (in the background, after the run)
     run_url: str
+    executed_notebook_url: str | None = None  # its page in the Dagster UI (failure metadata, when configured)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -99,6 +100,7 @@ class _RunFacts:
     materializations: list[Any] = dataclasses.field(default_factory=list)
     fetched: dict[int, tuple[int, str]] = dataclasses.field(default_factory=dict)  # cell -> (rows, output)
     kept: str | None = None
+    kept_url: str | None = None
 
 
 def _facts(instance: dg.DagsterInstance, run_id: str) -> _RunFacts:
@@ -133,6 +135,8 @@ def _facts(instance: dg.DagsterInstance, run_id: str) -> _RunFacts:
             facts.notebook = str(_meta_value(md["notebook"]))
         if "executed_notebook" in md:
             facts.kept = str(_meta_value(md["executed_notebook"]))
+        if "executed_notebook_url" in md:
+            facts.kept_url = str(_meta_value(md["executed_notebook_url"]))
     for mat in facts.materializations:
         kept = mat.metadata.get("dagster_bento/executed_notebook")
         if kept is not None and facts.kept is None:
@@ -338,7 +342,7 @@ def describe_run(instance: dg.DagsterInstance, run_id: str, *, project_dir: Path
                      error_message=_error_text(facts), inputs=tuple(inputs), outputs=tuple(outputs),
                      parameters=parameters, executed_notebook=facts.kept,
                      executed_html=html if facts.kept and Path(facts.kept).is_file() else None,
-                     run_url=f"{base}/runs/{run_id}")
+                     run_url=f"{base}/runs/{run_id}", executed_notebook_url=facts.kept_url)
 
 
 def _find_record(instance: dg.DagsterInstance, run_id: str) -> Any:
@@ -448,6 +452,8 @@ def format_run(detail: RunDetail) -> str:
         lines.append("  (none)")
     lines.append("")
     lines.append(f"kept notebook: {detail.executed_notebook or '-'}")
+    if detail.executed_notebook_url:
+        lines.append(f"notebook page: {detail.executed_notebook_url}")
     html = detail.executed_html
     pending = "  (being rendered; it appears a few seconds after the run)" if html and not Path(html).is_file() else ""
     lines.append(f"html:          {html or '-'}{pending}")

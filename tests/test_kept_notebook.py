@@ -183,3 +183,16 @@ def test_failed_run_shows_the_failing_cell_as_markdown(tmp_path, clean_run_dirs)
     assert sql.source == "%%bento_sql orders\nSELECT * FROM raw.orders" and "rows: 3" in sql.outputs[0]["data"]["text/plain"]
     write = next(c for c in nb.cells if c.metadata.get("bento", {}).get("type") == "write")
     assert "nothing was written" in write.outputs[0]["data"]["text/plain"]
+
+
+def test_show_prints_the_notebook_page_from_the_failure_metadata():
+    from dagster_bento.debug import RunDetail, RunSummary, format_run
+
+    summary = RunSummary(run_id="r1", status="FAILURE", schedules=("sales",), dagster_schedule=None, partition=None,
+                         start=None, duration_s=None, notebook="notebooks/a.ipynb", failing_cell=2, error="boom")
+    page = "http://ui:3000/notebook?path=%2Fk.ipynb&repoLocName=bento"
+    detail = RunDetail(summary=summary, cell_source="1/0", ename="ZeroDivisionError", evalue="division by zero",
+                       traceback=None, error_message=None, inputs=(), outputs=(), parameters={},
+                       executed_notebook="/k.ipynb", executed_html=None, run_url="http://ui:3000/runs/r1",
+                       executed_notebook_url=page)
+    assert f"notebook page: {page}" in format_run(detail)
