@@ -196,3 +196,45 @@ def test_show_prints_the_notebook_page_from_the_failure_metadata():
                        executed_notebook="/k.ipynb", executed_html=None, run_url="http://ui:3000/runs/r1",
                        executed_notebook_url=page)
     assert f"notebook page: {page}" in format_run(detail)
+
+
+# ------------------------------------------------------------------------------------------------ pandas habits
+
+DECIMALS = """
+CREATE SCHEMA raw;
+CREATE TABLE raw.nums AS SELECT range AS id, 1.25::DECIMAL(10,2) AS v, range * 1.5 AS w,
+  12345678901234567.5::DECIMAL(38,1) AS big, (range + 0.001)::DECIMAL(38,3) AS total,
+  TIMESTAMP '2024-01-02 03:04:05' + range * INTERVAL 1 DAY AS ts FROM range(3);
+"""
+
+
+@pytestmark_kernel
+@pytest.mark.parametrize("fmt", ["parquet", "arrow", "csv"])
+def test_decimal_arithmetic_and_datetimes_work_and_types_come_back(tmp_path, fmt, clean_run_dirs):
+    """`df.w * 2` on DuckDB's DECIMAL(21,1) failed ("Decimal precision out of range [1, 38]: 42"). Columns
+    whose values are exact as doubles are read as double[pyarrow] and written back as their DECIMAL; a
+    column that needs more digits stays an exact decimal."""
+    from tests.test_execution import query
+
+    url = seed_duckdb(tmp_path / "wh.duckdb", DECIMALS)
+    write_policy(tmp_path, {"raw.nums": ["ANALYTICS"]})
+    add_notebook(tmp_path, "nums", [
+        sql_cell("df", "SELECT * FROM raw.nums ORDER BY id"),
+        code("""
+            import pandas as pd
+            df["v2"] = df["v"] * 1.5
+            df["w2"] = df["w"] * 2 * 2
+            df["month"] = df["ts"].dt.month
+            by_day = pd.Series(1, index=pd.DatetimeIndex(df["ts"])).resample("D").sum()
+            assert len(by_day) == 3, by_day
+            print("dtypes", dict(df.dtypes.astype(str)))"""),
+        write_cell("df", "mart.nums"),
+    ])
+    assert run(tmp_path, url, data_format=fmt).success
+    types = dict(query(url, "SELECT column_name, data_type FROM information_schema.columns "
+                            "WHERE table_schema = 'mart' AND table_name = 'nums'"))
+    assert types["v"] == "DECIMAL(10,2)" and types["w"] == "DECIMAL(21,1)" and types["total"] == "DECIMAL(38,3)"
+    assert types["big"] == "DECIMAL(38,1)"  # 18 digits: kept as an exact decimal all the way
+    assert types["v2"] == "DOUBLE" and types["w2"] == "DOUBLE"
+    assert query(url, "SELECT v, w, big, total, v2, w2, month FROM mart.nums ORDER BY id") == query(
+        url, "SELECT v, w, big, total, v * 1.5, w * 4.0, month(ts) FROM raw.nums ORDER BY id")

@@ -49,7 +49,7 @@ def test_rewrite_shape():
     assert "segment = 'AUTOMOBILE'" in cells[params_at + 1].source and "ds = '2026-11-26'" in cells[params_at + 1].source
     sql = [c for c in cells if c.metadata.get("bento", {}).get("type") == "sql"]
     assert [c.source for c in sql] == [
-        'segment_customers = _bento_pd.read_parquet("inputs/segment_customers.parquet", dtype_backend="pyarrow")']
+        'segment_customers = _bento_read_parquet("inputs/segment_customers.parquet")']
     assert "{{ segment }}" in sql[0].metadata["bento"]["original_source"]
     write = [c for c in cells if c.metadata.get("bento", {}).get("type") == "write"]
     assert [c.source for c in write] == ['_bento_write_parquet(top, "outputs/analytics.top_customers_automobile.parquet", "top")']

@@ -49,7 +49,7 @@ def _bento_table(df, path, name):
     index = df.index
     if index.nlevels == 1 and index.name is None and (
             isinstance(index, _bento_pd.RangeIndex) or _bento_pd.api.types.is_integer_dtype(index.dtype)):
-        return pa.Table.from_pandas(df, preserve_index=False)
+        return _bento_decimals_back(pa.Table.from_pandas(df, preserve_index=False))
     if any(level is None for level in index.names):
         sample = ", ".join(map(repr, index[:3].tolist()))
         names = repr("<name>") if index.nlevels == 1 else repr(["<name>"] * index.nlevels)
@@ -69,7 +69,54 @@ def _bento_table(df, path, name):
         df = df.reset_index(level=drop, drop=True) if len(drop) < index.nlevels else df.reset_index(drop=True)
     if df.index.nlevels > 1 or df.index.name is not None:
         df = df.reset_index()
-    return pa.Table.from_pandas(df, preserve_index=False)
+    return _bento_decimals_back(pa.Table.from_pandas(df, preserve_index=False))
+
+
+# DECIMAL columns: pandas arithmetic on pyarrow decimals fails as soon as precision would pass 38
+# (`df.v * 2` on a DECIMAL(21,1): "Decimal precision out of range [1, 38]: 42"). A column whose every
+# value has at most 15 significant digits is read as double[pyarrow] -- exact: such a value survives
+# decimal -> double -> decimal (checked value by value) -- and written back as the DECIMAL it was read as
+# while every value still converts back exactly; otherwise it stays (or is written as) it is.
+_bento_decimals = {}  # column name -> the DECIMAL type it was read as (None: read with different types)
+
+
+def _bento_frame(df):
+    """The fetched dataframe with exact-as-double DECIMAL columns as double[pyarrow] (see above)."""
+    import pyarrow as pa, pyarrow.compute as pc
+    for position, column in enumerate(df.columns):
+        kind = getattr(df.dtypes.iloc[position], "pyarrow_dtype", None)
+        if kind is None or not pa.types.is_decimal(kind) or kind.scale > 15 or kind.scale < 0:
+            continue
+        values = pa.chunked_array(df.iloc[:, position].array.__arrow_array__())
+        try:
+            if kind.precision > 15:
+                pc.cast(values, pa.decimal128(15, kind.scale))  # raises unless every value has <= 15 digits
+            doubles = pc.cast(values, pa.float64())
+            exact = pc.all(pc.fill_null(pc.equal(pc.cast(doubles, kind), values), True)).as_py()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        if exact is not False:
+            df.isetitem(position, _bento_pd.arrays.ArrowExtensionArray(doubles))
+            _bento_decimals[column] = kind if _bento_decimals.get(column, kind) == kind else None
+    return df
+
+
+def _bento_decimals_back(table):
+    """Write a double column read as DECIMAL (same name) as that DECIMAL when every value converts exactly."""
+    import pyarrow as pa, pyarrow.compute as pc
+    for i, field in enumerate(table.schema):
+        kind = _bento_decimals.get(field.name)
+        if kind is None or not pa.types.is_float64(field.type):
+            continue
+        values = table.column(i)
+        try:
+            back = pc.cast(values, kind)  # a safe cast: raises on overflow (and on NaN or infinity)
+            exact = pc.all(pc.fill_null(pc.equal(pc.cast(back, pa.float64()), values), True)).as_py()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        if exact is not False:
+            table = table.set_column(i, pa.field(field.name, kind, field.nullable), back)
+    return table
 '''
 
 _CSV_HELPERS = '''\
@@ -95,7 +142,7 @@ def _bento_read_csv(path):
                                           quoted_strings_can_be_null=False)
     table = _bento_pacsv.read_csv(path, parse_options=_bento_pacsv.ParseOptions(newlines_in_values=True),
                                   convert_options=options)
-    return table.to_pandas(types_mapper=_bento_pd.ArrowDtype)
+    return _bento_frame(table.to_pandas(types_mapper=_bento_pd.ArrowDtype))
 
 
 def _bento_write_csv(df, path, name="df"):
@@ -108,6 +155,11 @@ def _bento_write_csv(df, path, name="df"):
 
 
 _PARQUET_HELPERS = '''\
+def _bento_read_parquet(path):
+    """The Parquet file the orchestrator fetched, with pyarrow-backed dtypes."""
+    return _bento_frame(_bento_pd.read_parquet(path, dtype_backend="pyarrow"))
+
+
 def _bento_write_parquet(df, path, name="df"):
     """df.to_parquet, with row groups DuckDB reads in parallel, dictionaries only for strings that repeat
     (the orchestrator then counts them without decoding; unique ones are written plain) and no compression
@@ -125,7 +177,7 @@ _ARROW_HELPERS = '''\
 def _bento_read_arrow(path):
     """The Arrow IPC file the orchestrator fetched, memory-mapped, with pyarrow-backed dtypes."""
     import pyarrow as pa
-    return pa.ipc.open_file(pa.memory_map(path)).read_all().to_pandas(types_mapper=_bento_pd.ArrowDtype)
+    return _bento_frame(pa.ipc.open_file(pa.memory_map(path)).read_all().to_pandas(types_mapper=_bento_pd.ArrowDtype))
 
 
 def _bento_write_arrow(df, path, name="df"):
@@ -151,7 +203,7 @@ def _read_line(var: str, path: str, fmt: Format) -> str:
         return f'{var} = _bento_read_csv("{path}")'
     if fmt == "arrow":
         return f'{var} = _bento_read_arrow("{path}")'
-    return f'{var} = _bento_pd.read_parquet("{path}", dtype_backend="pyarrow")'
+    return f'{var} = _bento_read_parquet("{path}")'
 
 
 def _write_line(var: str, path: str, fmt: Format) -> str:
