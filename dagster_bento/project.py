@@ -239,9 +239,10 @@ def _check_template(ast: Any) -> None:
             raise RenderError(f"template refused: filter '{node.name}' is not allowed; allowed filters: "
                               f"{', '.join(sorted(_SAFE_FILTERS))}")
         if isinstance(node, nodes.For):
-            if not isinstance(node.iter, (nodes.Name, nodes.Getattr, nodes.Getitem)):
+            if not _is_parameter(node.iter):
                 raise RenderError("template refused: a {% for %} loop may only iterate over a parameter "
-                                  "(e.g. {% for r in regions %})")
+                                  "(e.g. {% for r in regions %} or {% for r in cfg.regions %}), not a slice, "
+                                  "a filter or an expression")
             depth += 1
             if depth > MAX_LOOP_DEPTH:
                 raise RenderError(f"template refused: {{% for %}} loops nested deeper than {MAX_LOOP_DEPTH}")
@@ -249,6 +250,18 @@ def _check_template(ast: Any) -> None:
             visit(child, depth)
 
     visit(ast, 0)
+
+
+def _is_parameter(node: Any) -> bool:
+    """A parameter or an item/attribute of one by a constant key: what `_budgeted` wraps (a slice or a
+    filter would return an unwrapped copy whose iteration the budget does not count)."""
+    from jinja2 import nodes
+
+    while isinstance(node, (nodes.Getattr, nodes.Getitem)):
+        if isinstance(node, nodes.Getitem) and not isinstance(node.arg, nodes.Const):
+            return False
+        node = node.node
+    return isinstance(node, nodes.Name)
 
 
 class _Budget:
@@ -275,14 +288,41 @@ class _BudgetedList(list):
             yield item
 
 
+class _BudgetedStr(str):
+    """A string parameter whose iteration (a loop over its characters) counts against the budget."""
+
+    budget: _Budget
+
+    def __iter__(self) -> Any:
+        for ch in super().__iter__():
+            self.budget.tick()
+            yield ch
+
+
+class _BudgetedDict(dict):
+    """A mapping parameter whose iteration (a loop over its keys) counts against the budget."""
+
+    budget: _Budget
+
+    def __iter__(self) -> Any:
+        for key in super().__iter__():
+            self.budget.tick()
+            yield key
+
+
 def _budgeted(value: Any, budget: _Budget) -> Any:
+    """Every iterable parameter, at any depth, counts its iterations against the render's budget."""
+    out: Any
     if isinstance(value, (list, tuple)):
         out = _BudgetedList(_budgeted(v, budget) for v in value)
-        out.budget = budget
-        return out
-    if isinstance(value, Mapping):
-        return {k: _budgeted(v, budget) for k, v in value.items()}
-    return value
+    elif isinstance(value, Mapping):
+        out = _BudgetedDict({k: _budgeted(v, budget) for k, v in value.items()})
+    elif isinstance(value, str):
+        out = _BudgetedStr(value)
+    else:
+        return value
+    out.budget = budget
+    return out
 
 
 def template_context(parameters: Mapping[str, Any], ds: str) -> dict[str, Any]:

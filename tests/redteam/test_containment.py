@@ -87,8 +87,18 @@ def test_template_bombs_are_refused_quickly(project):
                                                    "{% for b in xs %}{% for c in xs %}{% endfor %}{% endfor %}"
                                                    "{% endfor %}1)"), write_cell("df", "mart.loops")],
                  schedules=[{"name": "loops", "parameters": {"xs": list(range(1000))}}])
+    # loops over a string's characters or a mapping's keys with an empty body output nothing: the
+    # budget counts iterations, not output (an independent review made `check` take 16 s with this)
+    add_notebook(project, "chars", [params("s = '" + "x" * 600 + "'"),
+                                    sql_cell("df", "SELECT 1 AS one FROM raw.a {% for a in s %}{% for b in s %}"
+                                                   "{% for c in s %}{% endfor %}{% endfor %}{% endfor %}"),
+                                    write_cell("df", "mart.chars")])
+    add_notebook(project, "sliced", [params("xs = [1]"),
+                                     sql_cell("df", "SELECT 1 AS one FROM raw.a {% for a in xs[:] %}{% endfor %}"),
+                                     write_cell("df", "mart.sliced")])
     from dagster_bento import load_project
 
     problems = [p for p in load_project(project, use_cache=False).problems if p.code == "BENTO005"]
-    assert {p.notebook for p in problems} == {"notebooks/bomb.ipynb", "notebooks/loops.ipynb"}
+    assert {p.notebook for p in problems} == {"notebooks/bomb.ipynb", "notebooks/loops.ipynb",
+                                              "notebooks/chars.ipynb", "notebooks/sliced.ipynb"}
     assert all("template refused" in p.message for p in problems)
