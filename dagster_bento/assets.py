@@ -107,18 +107,55 @@ def build_bento_assets(project: BentoProject, *, translator: DagsterBentoTransla
                        warehouse_url: str | None = None, automation: Any = None,
                        schema: Mapping[str, Mapping[str, str]] | None = None
                        ) -> tuple[list[dg.AssetSpec], list[dg.AssetsDefinition]]:
+    """External specs for upstream tables and one multi-asset per schedule entry; raises
+    `DagsterBentoProjectError` when Dagster refuses a notebook's definitions."""
+    from dagster_bento.errors import DagsterBentoProjectError
+
+    externals, multi, broken = _build_assets_contained(project, translator=translator, warehouse_url=warehouse_url,
+                                                       automation=automation, schema=schema)
+    if broken:
+        raise DagsterBentoProjectError([p for problems in broken.values() for p in problems])
+    return externals, multi
+
+
+def _build_assets_contained(project: BentoProject, *, translator: DagsterBentoTranslator | None,
+                            warehouse_url: str | None, automation: Any,
+                            schema: Mapping[str, Mapping[str, str]] | None
+                            ) -> tuple[list[dg.AssetSpec], list[dg.AssetsDefinition], dict[str, list[Problem]]]:
+    """Like `build_bento_assets`, but a notebook whose definitions Dagster refuses (an owner, a tag, a
+    key or a group name against Dagster's rules, or a translator that raises) is left out and
+    returned with that error as its problem, instead of failing the whole code location."""
     translator = translator or DagsterBentoTranslator()
     kind = warehouse_kind(warehouse_url)
     props = table_props(project, kind, schema)
+    broken: dict[str, list[Problem]] = {}
 
     @functools.cache
     def key_of(table: str) -> dg.AssetKey:
         return translator.get_asset_spec(props[table]).key
 
-    externals = [translator.get_asset_spec(props[t]) for t in project.upstream_tables]
-    multi = [bento_assets(job=job, specs=bento_job_specs(job, props, translator, key_of, automation))
-             for job in project.jobs]
-    return externals, multi
+    externals, bad_tables = [], {}
+    for table in project.upstream_tables:
+        try:
+            externals.append(translator.get_asset_spec(props[table]))
+        except Exception as err:  # noqa: BLE001 -- contained: the readers of this table are left out
+            bad_tables[table] = err
+    multi = []
+    for job in project.jobs:
+        unreadable = sorted(set(job.tables_read) & set(bad_tables))
+        try:
+            if unreadable:
+                raise bad_tables[unreadable[0]]
+            multi.append(bento_assets(job=job, specs=bento_job_specs(job, props, translator, key_of, automation)))
+        except Exception as err:  # noqa: BLE001 -- one notebook's definitions never stop the others
+            where = f" (upstream table {unreadable[0]})" if unreadable else ""
+            broken.setdefault(job.notebook_path, []).append(Problem(
+                job.notebook_path, None, "BENTO001",
+                f"schedule {job.name!r}: Dagster refused its definitions{where}: {str(err).splitlines()[0]}; "
+                "fix the spec or notebook (owners, tags, names) — `dagster-bento check` reports most of these"))
+    if broken:  # a notebook with one refused schedule entry is left out whole, like any broken notebook
+        multi = [a for a in multi if a.op.tags.get(f"{META}/notebook") not in broken]
+    return externals, multi, broken
 
 
 def resolve_warehouse_url(project_dir: Path, config_url: str | None, warehouse_url: str | None) -> str:
@@ -220,8 +257,21 @@ def build_bento_definitions(*, project_dir: str | Path, warehouse_url: str | Non
         logging.getLogger("dagster_bento").error(
             f"{notebook} is not scheduled: " + "; ".join(str(p) for p in sorted(problems)))
     auto = automation_mod.BentoAutomation(project) if automation else None
-    externals, multi = build_bento_assets(project, translator=translator, warehouse_url=url, automation=auto,
-                                          schema=schema)
+    while True:  # a notebook Dagster refuses is left out, and the rest is built again without it
+        externals, multi, refused = _build_assets_contained(project, translator=translator, warehouse_url=url,
+                                                            automation=auto, schema=schema)
+        if not refused:
+            break
+        if strict:
+            from dagster_bento.errors import DagsterBentoProjectError
+
+            raise DagsterBentoProjectError([p for problems in refused.values() for p in problems])
+        for notebook, problems in refused.items():
+            broken.setdefault(notebook, []).extend(problems)
+            logging.getLogger("dagster_bento").error(
+                f"{notebook} is not scheduled: " + "; ".join(str(p) for p in problems))
+        project = dataclasses.replace(project, jobs=tuple(j for j in project.jobs if j.notebook_path not in refused))
+        auto = automation_mod.BentoAutomation(project) if automation else None
     placeholders = [broken_notebook_asset(nb, problems) for nb, problems in sorted(broken.items())]
     resource = resource or BentoResource.for_project(project, warehouse_url=url)
     extra: dict[str, list[Any]] = (auto.definitions(multi, externals, url) if auto

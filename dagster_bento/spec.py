@@ -122,6 +122,10 @@ def load_schedule_spec(path: Path, display: str, notebook: str) -> tuple[Schedul
     if not isinstance(tags, dict):
         bad("'tags' must be a mapping of strings")
         tags = {}
+    # Owners and tags become Dagster asset owners and tags: judge them by Dagster's own rules here, so
+    # `check` reports what would otherwise fail the definitions.
+    for problem in _dagster_rules(owners if isinstance(owners, list) else [], tags):
+        bad(problem)
     sandbox = data.get("sandbox")
     if sandbox == "none":
         bad("'sandbox: none' cannot be set by a notebook's spec; an operator sets it for local development "
@@ -294,3 +298,22 @@ class BentoJob:
     @property
     def owners(self) -> tuple[str, ...]:
         return self.spec.owners
+
+
+def _dagster_rules(owners: list[Any], tags: Mapping[Any, Any]) -> list[str]:
+    import dagster as dg
+
+    problems = []
+    for owner in owners:
+        try:
+            dg.AssetSpec("bento_spec_check", owners=[str(owner)])
+        except Exception as err:  # noqa: BLE001 -- Dagster's message says what a valid owner is
+            problems.append(f"owner {owner!r} is not valid in Dagster ({str(err).splitlines()[0]}); use an e-mail "
+                            "address or team:<name>")
+    for key, value in tags.items():
+        try:
+            dg.AssetSpec("bento_spec_check", tags={str(key): str(value)})
+        except Exception as err:  # noqa: BLE001
+            problems.append(f"tag {key!r}: {value!r} is not valid in Dagster ({str(err).splitlines()[0]}); keys and "
+                            "values are letters, digits, '-', '_' and '.', at most 63 characters")
+    return problems

@@ -84,7 +84,8 @@ class DagsterBentoTranslator:
 
 def _group(job: BentoJob) -> str:
     stem = job.notebook_path.rsplit("/", 1)[-1].removesuffix(".ipynb")
-    return "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in stem)
+    # Dagster group names are ASCII letters, digits and underscores ("café" is not one)
+    return "".join(ch if (ch.isascii() and ch.isalnum()) or ch == "_" else "_" for ch in stem)
 
 
 def _sql_markdown(job: BentoJob) -> str:

@@ -102,3 +102,41 @@ def test_template_bombs_are_refused_quickly(project):
     assert {p.notebook for p in problems} == {"notebooks/bomb.ipynb", "notebooks/loops.ipynb",
                                               "notebooks/chars.ipynb", "notebooks/sliced.ipynb"}
     assert all("template refused" in p.message for p in problems)
+
+
+@pytest.mark.parametrize("spec", [
+    {"owners": ["bob"]},  # not an e-mail or team:<name>
+    {"tags": {"bad key!": "x"}},
+    {"tags": {"k": "a value with spaces"}},
+])
+def test_what_dagster_would_refuse_is_a_spec_problem_and_contained(project, spec):
+    add_notebook(project, "odd", [sql_cell("df", "SELECT * FROM raw.a"), write_cell("df", "mart.odd")], **spec)
+    from dagster_bento import load_project
+
+    (problem,) = [p for p in load_project(project, use_cache=False).errors]
+    assert problem.code == "BENTO009" and "not valid in Dagster" in problem.message
+    defs = build_bento_definitions(project_dir=project, warehouse_url=f"duckdb:///{project}/wh.duckdb")
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert "mart/good" in keys and "bento_broken/notebooks/odd" in keys and "mart/odd" not in keys
+
+
+def test_a_notebook_dagster_refuses_at_definition_time_is_contained(project):
+    """The class, not the examples: whatever Dagster refuses while building one notebook's assets (here a
+    translator that raises for one table) leaves that notebook out as a placeholder."""
+    from dagster_bento import DagsterBentoTranslator
+
+    add_notebook(project, "other", [sql_cell("df", "SELECT * FROM raw.a"), write_cell("df", "mart.other")])
+
+    class Picky(DagsterBentoTranslator):
+        def get_asset_spec(self, props):
+            if props.table == "mart.other":
+                raise ValueError("no such key")
+            return super().get_asset_spec(props)
+
+    defs = build_bento_definitions(project_dir=project, warehouse_url=f"duckdb:///{project}/wh.duckdb",
+                                   translator=Picky())
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert "mart/good" in keys and "bento_broken/notebooks/other" in keys
+    with pytest.raises(DagsterBentoProjectError, match="no such key"):
+        build_bento_definitions(project_dir=project, warehouse_url=f"duckdb:///{project}/wh.duckdb",
+                                translator=Picky(), raise_on_problems=True)
