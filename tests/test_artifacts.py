@@ -4,6 +4,7 @@ The attacks (script, links, widget state, spoofed kernel messages) are in tests/
 """
 
 import base64
+import html.parser
 import subprocess
 import sys
 import uuid
@@ -104,3 +105,39 @@ def test_a_rerun_with_the_same_run_id_keeps_both_notebooks(tmp_path, monkeypatch
     assert kept_first.name == f"trial-{fixed}.ipynb" and kept_second.name == f"trial-{fixed}.1.ipynb"
     assert kept_first.read_bytes() == before
     nbformat.validate(nbformat.read(kept_second, as_version=4))
+
+
+class _Elements(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.found: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.found.append((tag, dict(attrs)))
+
+
+def _elements(page: str) -> list[tuple[str, dict[str, str | None]]]:
+    parser = _Elements()
+    parser.feed(page)
+    parser.close()
+    return parser.found
+
+
+def test_markdown_shows_formatted_in_our_html_and_in_the_webservers_rendering(tmp_path):
+    """Headings, links, tables and images of a markdown cell are elements of the page, not escaped text,
+    in our .html (write_html) and in what dagster-webserver's /notebook route serves (HTMLExporter())."""
+    from nbconvert import HTMLExporter
+
+    cell = new_markdown_cell("# Title\n\nSee [link](https://example.com).\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
+                             "![plot](attachment:p.png)")
+    cell.attachments = {"p.png": {"image/png": PNG}}
+    kept = artifacts.save(new_notebook(cells=[cell]), tmp_path / "r.ipynb", html=True, html_in_background=False)
+    ours = kept.with_suffix(".html").read_text()
+    webserver, _ = HTMLExporter().from_notebook_node(nbformat.read(kept, as_version=4))
+    for name, page in (("write_html", ours), ("webserver", webserver)):
+        found = _elements(page)
+        tags = [tag for tag, _ in found]
+        assert "h1" in tags and "table" in tags and "td" in tags, name
+        assert ("a", "https://example.com") in [(t, a.get("href")) for t, a in found], name
+        assert ("img", f"data:image/png;base64,{PNG}") in [(t, a.get("src")) for t, a in found], name
+        assert "&lt;h1&gt;" not in page and "&lt;table" not in page and "&lt;p&gt;" not in page, name

@@ -21,6 +21,9 @@ by untrusted notebook code, so what is kept is built to be safe for any renderer
 * **What the kernel sends is validated and repaired**: ``execution_count`` is an integer ≥ 0 or null,
   texts are strings, the result validates against the nbformat schema (else the save refuses).
 
+Our ``.html`` is the ``classic`` template on the sanitised notebook: :func:`sanitize` is its sanitiser too
+(nbconvert's ``sanitize_html`` would escape the cleaned markdown HTML into visible ``&lt;h1&gt;`` text).
+
 Kept notebooks are never overwritten: each save publishes its file with an exclusive link (a retried
 step, or any second save for the same run id, gets ``<run_id>.<n>.ipynb``).
 """
@@ -424,11 +427,17 @@ def render_html_in_background(path: Path) -> None:
 
 def write_html(nb: NotebookNode, path: Path) -> None:
     """Render ``nb`` (sanitised again: the file may have changed since it was kept) to ``path``; if it
-    cannot be rendered, ``path`` says so instead of being silently missing."""
+    cannot be rendered, ``path`` says so instead of being silently missing.
+
+    :func:`sanitize` is the sanitiser, as it is for dagster-webserver's rendering of the same file. nbconvert's
+    own ``sanitize_html`` is not used: its bleach allowlist (links, lists, emphasis) does not hold headings,
+    paragraphs, tables or images, and it *escapes* what it does not allow, so every markdown cell (kept as
+    cleaned HTML) would show as ``&lt;h1&gt;...`` text.
+    """
     try:
         from nbconvert import HTMLExporter  # imported lazily: ~0.3 s, only needed after execution
 
-        body, _resources = HTMLExporter(template_name="classic", sanitize_html=True).from_notebook_node(sanitize(nb))
+        body, _resources = HTMLExporter(template_name="classic").from_notebook_node(sanitize(nb))
     except Exception as err:  # noqa: BLE001 - a page that says why beats no page
         body = ("<!DOCTYPE html><html><body><h1>This notebook could not be rendered</h1><pre>"
                 + html_lib.escape(f"{type(err).__name__}: {err}")[:4000]

@@ -210,6 +210,17 @@ def test_unsanitised_notebook_fails_the_judge(tmp_path):
     assert "widget-state" in page
 
 
+def test_write_html_sanitises_a_notebook_changed_since_it_was_kept(tmp_path):
+    """The background renderer reads the kept file back: write_html sanitises what it renders (it is the only
+    sanitiser of our .html; nbconvert's would escape the kept markdown). Removing that call fails this test."""
+    page = tmp_path / "changed.html"
+    artifacts.write_html(attack_notebook(), page)
+    text = page.read_text()
+    assert "could not be rendered" not in text
+    assert findings(text, template_scripts_allowed=True) == []
+    assert "<h2>img onerror</h2>" in text and 'href="https://example.com"' in text  # formatted, not escaped
+
+
 @pytest.mark.parametrize("bad", ["abc", -5, 1e100, True, 2**64, None, [1]])
 def test_spoofed_execution_count_is_repaired_and_the_html_is_written(tmp_path, bad):
     nb = new_notebook(cells=[new_code_cell("x")])
