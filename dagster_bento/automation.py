@@ -244,9 +244,16 @@ def failure_notice(context: dg.RunFailureSensorContext) -> tuple[list[str], str,
         if cause is not None:
             lines.append(f"Step {event.step_key}: {cause.message.strip()}")
         failure = getattr(data, "user_failure_data", None)
-        notebook = failure.metadata.get("executed_notebook") if failure and failure.metadata else None
+        metadata = failure.metadata if failure and failure.metadata else {}
+        cell = metadata.get("failing_cell")
+        if cell is not None:
+            lines.append(f"Failing cell:\n{getattr(cell, 'value', cell)}")
+        notebook = metadata.get("executed_notebook")
         if notebook is not None:
             lines.append(f"Executed notebook: {getattr(notebook, 'value', notebook)}")
+        link = metadata.get("executed_notebook_url")
+        if link is not None:
+            lines.append(f"Executed notebook in the Dagster UI: {getattr(link, 'value', link)}")
     subject = f"[dagster-bento] {', '.join(schedules) or run.job_name} failed (run {run.run_id[:8]})"
     return owners, subject, "\n".join(lines)
 

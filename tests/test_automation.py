@@ -179,6 +179,7 @@ def test_failed_run_notifies_owners_by_mail_and_webhook(tmp_path):
         assert mail_from == "bento@example.com" and rcpt == ["alice@example.com"]
         assert "fails failed" in content and "ZeroDivisionError" in content
         assert "notebooks/fails.ipynb" in content and "Executed notebook:" in content
+        assert "Failing cell:" in content and "1 / 0" in content  # the cell as written, from the failure metadata
         assert f"http://dagster.example:3000/runs/{run.run_id}" in content
         (posted,) = _Hook.received
         assert posted["owners"] == ["alice@example.com", "team:analytics"] and "ZeroDivisionError" in posted["text"]
