@@ -141,3 +141,19 @@ def test_markdown_shows_formatted_in_our_html_and_in_the_webservers_rendering(tm
         assert ("a", "https://example.com") in [(t, a.get("href")) for t, a in found], name
         assert ("img", f"data:image/png;base64,{PNG}") in [(t, a.get("src")) for t, a in found], name
         assert "&lt;h1&gt;" not in page and "&lt;table" not in page and "&lt;p&gt;" not in page, name
+
+
+def test_cell_timestamps_are_kept_and_nothing_else_rides_along():
+    """nbclient's per-cell timestamps show when each cell ran (the benchmarks and `show` read them);
+    anything in `metadata.execution` that is not a timestamp is dropped."""
+    import nbformat
+
+    from dagster_bento.execution.artifacts import sanitize
+
+    cell = nbformat.v4.new_code_cell("x = 1")
+    cell.metadata["execution"] = {"iopub.execute_input": "2026-12-07T01:28:04.123456Z",
+                                  "shell.execute_reply": "2026-12-07T01:28:05.5Z", "iopub.status.busy": "<b>x</b>",
+                                  "data": "secret"}
+    kept = sanitize(nbformat.v4.new_notebook(cells=[cell]))
+    assert kept.cells[0].metadata["execution"] == {"iopub.execute_input": "2026-12-07T01:28:04.123456Z",
+                                                   "shell.execute_reply": "2026-12-07T01:28:05.5Z"}

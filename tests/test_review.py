@@ -116,7 +116,7 @@ def test_review_commits_no_data_and_sql_cannot_leave_its_block(repo):
     assert all(not c.get("outputs") and "attachments" not in c for c in trial["cells"])
     assert set(trial["metadata"]) <= {"kernelspec", "language_info", "dagster_bento"}
     for cell in trial["cells"]:
-        assert set(cell["metadata"]) <= {"bento", "dagster_bento", "tags", "jupyter", "collapsed", "scrolled"}
+        assert set(cell["metadata"]) <= {"bento", "dagster_bento", "tags", "jupyter", "collapsed", "scrolled", "execution"}
 
 
 def test_a_notebook_with_saved_outputs_or_widget_state_is_not_committed(repo):

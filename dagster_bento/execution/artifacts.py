@@ -225,7 +225,17 @@ def allowed_cell_metadata(meta: Any) -> dict[str, Any]:
         flags = {k: v for k, v in jupyter.items() if k in ("source_hidden", "outputs_hidden") and isinstance(v, bool)}
         if flags:
             out["jupyter"] = flags
+    execution = meta.get("execution")  # nbclient's per-cell timestamps: when each cell ran, never data
+    if isinstance(execution, Mapping):
+        stamps = {k: v for k, v in execution.items()
+                  if isinstance(k, str) and _EXECUTION_KEY.match(k) and isinstance(v, str) and _TIMESTAMP.match(v)}
+        if stamps:
+            out["execution"] = stamps
     return out
+
+
+_EXECUTION_KEY = re.compile(r"^(iopub|shell)\.[a-z_]{1,40}$")
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})?$")
 
 
 def allowed_notebook_metadata(meta: Any) -> dict[str, Any]:

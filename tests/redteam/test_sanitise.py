@@ -168,7 +168,7 @@ def assert_kept_notebook_is_inert(path: Path) -> nbformat.NotebookNode:
         assert cell["cell_type"] in ("code", "markdown"), "raw cells are pasted into the page as HTML"
         assert "attachments" not in cell
         assert set(cell["metadata"]) <= {"bento", "dagster_bento", "tags", "jupyter", "collapsed", "scrolled",
-                                         "editable", "deletable"}
+                                         "editable", "deletable", "execution"}
         if cell["cell_type"] == "markdown":
             assert findings("".join(cell["source"])) == [], cell["source"]
             assert "\n" not in "".join(cell["source"]), "one line: one raw HTML block for any markdown parser"
