@@ -119,20 +119,15 @@ class BentoResource(pydantic.BaseModel):
                 f"'{key}' is not a setting of the bento resource; run config may set only "
                 f"{', '.join(NARROWING_FIELDS)}")
         update: dict[str, Any] = {}
-        timeout = config.get("timeout_seconds")
-        if timeout is not None:
-            if not timeout > 0 or timeout > self.timeout_seconds:
-                problems.append(f"'timeout_seconds: {timeout}' would not narrow the operator's limit of "
-                                f"{self.timeout_seconds:g} s; run config may only shorten it (the operator sets "
-                                f"it in {OPERATOR_FIELDS['timeout_seconds']})")
-            update["run_timeout_cap"] = float(timeout)
-        memory = config.get("memory_limit_mb")
-        if memory is not None:
-            if not memory > 0 or memory > self.memory_limit_mb:
-                problems.append(f"'memory_limit_mb: {memory}' would not narrow the operator's limit of "
-                                f"{self.memory_limit_mb} MB; run config may only lower it (the operator sets "
-                                f"it in {OPERATOR_FIELDS['memory_limit_mb']})")
-            update["run_memory_cap_mb"] = int(memory)
+        for field, cap, unit, verb, kind in (("timeout_seconds", "run_timeout_cap", "s", "shorten", float),
+                                             ("memory_limit_mb", "run_memory_cap_mb", "MB", "lower", int)):
+            value, limit = config.get(field), getattr(self, field)
+            if value is None:
+                continue
+            if not value > 0 or value > limit:
+                problems.append(f"'{field}: {value}' would not narrow the operator's limit of {limit:g} {unit}; "
+                                f"run config may only {verb} it (the operator sets it in {OPERATOR_FIELDS[field]})")
+            update[cap] = kind(value)
         if config.get("html") is not None:
             update["html"] = bool(config["html"]) and self.html
         if problems:
