@@ -91,3 +91,23 @@ def test_show_a_failed_sql_cell_and_a_success(runs):
     assert "mart.good (overwrite): 3 rows written, 3 in the table" in text and "failed at" not in text
     with pytest.raises(LookupError, match="no run"):
         describe_run(instance, "does-not-exist")
+
+
+def test_the_commands_read_the_instance_of_dagster_home(runs):
+    """`dagster-bento runs` and `show` as a user types them, against DAGSTER_HOME."""
+    import os
+    import subprocess
+    import sys
+
+    instance, ids, project = runs
+    exe = str(Path(sys.executable).with_name("dagster-bento"))
+    env = {**os.environ, "DAGSTER_HOME": instance.root_directory}
+    listed = subprocess.run([exe, "runs", "--failed"], env=env, capture_output=True, text=True, cwd=project)
+    assert listed.returncode == 0, listed.stderr
+    assert ids["boom_daily"][:8] in listed.stdout and ids["good"][:8] not in listed.stdout
+    shown = subprocess.run([exe, "show", ids["boom_daily"][:8], "--project-dir", str(project)], env=env,
+                           capture_output=True, text=True, cwd=project)
+    assert shown.returncode == 0, shown.stderr
+    assert "out = df.assign(r=1 / 0)" in shown.stdout and "ZeroDivisionError" in shown.stdout
+    missing = subprocess.run([exe, "show", "ffffffff"], env=env, capture_output=True, text=True, cwd=project)
+    assert missing.returncode == 1 and missing.stderr
