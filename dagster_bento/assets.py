@@ -176,21 +176,18 @@ def contain_problems(project: BentoProject) -> tuple[BentoProject, dict[str, lis
     files (``bento.yaml``, ``purpose_zones.yaml``) breaks every notebook: without a valid policy no
     read or write can be judged, so nothing is scheduled (fail closed).
     """
-    from dagster_bento.project import CONFIG_FILE, POLICY_FILE
-
     by_spec = {j.spec.path: j.notebook_path for j in project.jobs}
-    notebook_paths = {nb.path for nb in project.notebooks} | {j.notebook_path for j in project.jobs}
     broken: dict[str, list[Problem]] = {}
     project_wide: list[Problem] = []
     for problem in project.errors:
         where = by_spec.get(problem.notebook, problem.notebook)
         if where.endswith(".bento.yaml"):
             where = where.removesuffix(".bento.yaml") + ".ipynb"
-        if where in notebook_paths or where.endswith(".ipynb"):
+        if where.endswith(".ipynb"):
             broken.setdefault(where, []).append(problem)
-        else:
+        else:  # bento.yaml, purpose_zones.yaml
             project_wide.append(problem)
-    if project_wide or any(p.notebook in (CONFIG_FILE, POLICY_FILE) for p in project.errors):
+    if project_wide:
         broken[PROJECT_PLACEHOLDER] = project_wide
         jobs: tuple[BentoJob, ...] = ()
     else:
@@ -227,7 +224,7 @@ def broken_notebook_asset(notebook: str, problems: Sequence[Problem]) -> dg.Asse
 
 
 def _key_part(text: str) -> str:
-    return "".join(c if c.isalnum() or c == "_" else "_" for c in text) or "_"
+    return "".join(c if (c.isascii() and c.isalnum()) or c == "_" else "_" for c in text) or "_"
 
 
 def build_bento_definitions(*, project_dir: str | Path, warehouse_url: str | None = None,
