@@ -106,7 +106,6 @@ def policy_with_table(policy_path: Path, table: str, zone: str, dialect: str | N
 def load_file(*, project_dir: Path, file: Path, table: str, zone: str | None = None,
               partition_column: str | None = None, warehouse_url: str | None = None) -> LoadResult:
     """Load ``file`` into ``table`` (replacing it, or only its partition with ``partition_column``)."""
-    from dagster_bento import zones
     from dagster_bento.assets import resolve_warehouse_url
     from dagster_bento.project import POLICY_FILE, RESERVED_SCHEMAS, project_settings
     from dagster_bento.warehouse import UploadRequest, normalize_table_name, warehouse_from_url

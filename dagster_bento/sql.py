@@ -28,7 +28,7 @@ import functools
 import json
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterator, Iterable, Mapping
 from typing import Any, Final
 
 import sqlglot
@@ -257,6 +257,20 @@ def _pg_children(node: Any, skip: str | None = None) -> Iterable[Any]:
             yield value
 
 
+def _pg_nodes(root: Any) -> Iterator[Any]:
+    """Every pglast node under ``root`` (lists and tuples flattened), in no particular order."""
+    from pglast import ast
+
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (list, tuple)):
+            stack.extend(node)
+        elif isinstance(node, ast.Node):
+            yield node
+            stack.extend(_pg_children(node))
+
+
 def _pg_walk(node: Any, visible: frozenset[str], out: list[tuple[str | None, str | None, str]]) -> None:
     """Collect (catalog, schema, relation) of every RangeVar that is not a CTE in scope."""
     from pglast import ast
@@ -289,14 +303,7 @@ def _pg_called(stmt: Any) -> tuple[set[tuple[str, str]], set[str]]:
 
     called: set[tuple[str, str]] = set()
     table_functions: set[str] = set()
-    stack: list[Any] = [stmt]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, (list, tuple)):
-            stack.extend(node)
-            continue
-        if not isinstance(node, ast.Node):
-            continue
+    for node in _pg_nodes(stmt):
         if isinstance(node, ast.FuncCall):
             parts = [p.sval for p in node.funcname]
             called.add((".".join(parts[:-1]).lower(), parts[-1].lower()))
@@ -311,27 +318,18 @@ def _pg_called(stmt: Any) -> tuple[set[tuple[str, str]], set[str]]:
             table_functions.add("xmltable")
         elif isinstance(node, ast.JsonTable):
             table_functions.add("json_table")
-        stack.extend(_pg_children(node))
     return called, table_functions
 
 
 def _pg_check_shape(stmt: Any) -> None:
     from pglast import ast
 
-    stack: list[Any] = [stmt]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, (list, tuple)):
-            stack.extend(node)
-            continue
-        if not isinstance(node, ast.Node):
-            continue
+    for node in _pg_nodes(stmt):
         if isinstance(node, ast.SelectStmt):
             if node.intoClause is not None:
                 raise SqlAnalysisError("SQL cell uses SELECT … INTO, which creates a table; SQL cells only read")
             if node.lockingClause:
                 raise SqlAnalysisError("SQL cell uses FOR UPDATE/FOR SHARE, which locks rows; SQL cells only read")
-        stack.extend(_pg_children(node))
 
 
 def postgres_parser_tables(sql: str, default_schema: str) -> set[str]:

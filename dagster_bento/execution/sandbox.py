@@ -51,7 +51,6 @@ import queue
 import shlex
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -1128,20 +1127,11 @@ class _Progress:
 
 
 def _remove_state_dir(state: Path) -> None:
-    """Remove the state dir without following anything a notebook may have put there.
+    """Remove the state dir without following anything a notebook may have put there (a symlink a
+    previous run's notebook left at the top is unlinked itself): `workdirs.remove_tree`."""
+    from dagster_bento.execution.workdirs import remove_tree
 
-    shutil.rmtree never follows symlinks inside the tree (it is fd-based on Linux,
-    ``shutil.rmtree.avoids_symlink_attacks``) and refuses a symlink at the top, which a previous
-    run's notebook could have left; that is unlinked itself."""
-    try:
-        st = os.lstat(state)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(state, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(state)
+    remove_tree(state)
 
 
 def _prepare_state_dir(config: SandboxConfig, run_dir: Path, label: str) -> Path:

@@ -76,7 +76,7 @@ class WorkDir:
         if self._lock_fd is None:
             return
         try:
-            _rmtree_quietly(self.path)
+            remove_tree(self.path)
         finally:
             self._lock_fd = None
             self._finalizer()
@@ -104,7 +104,7 @@ def create(root: str | os.PathLike[str], prefix: str = PREFIX, *, subdirs: Seque
         os.chmod(path, 0o700)
         lock_fd = _create_marker(path)
     except BaseException:
-        _rmtree_quietly(path)
+        remove_tree(path)
         raise
     work = WorkDir(path, lock_fd)
     try:
@@ -262,7 +262,7 @@ def _close_fd(fd: int) -> None:
         os.close(fd)
 
 
-def _rmtree_quietly(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """Delete ``path`` without following symbolic links in it; a symbolic link at ``path`` is unlinked."""
     try:
         st = os.lstat(path)
